@@ -1,0 +1,73 @@
+// `bacmqtt <command>`: the one CLI. Each command lives beside the code it drives and is loaded
+// lazily so `bacmqtt broker` never loads the BACnet stack (and vice versa).
+import { type CommandSpec, formatHelp, parseCommand } from "../common/cli.ts";
+import { ConfigError } from "../common/errors.ts";
+
+type Loader = () => Promise<CommandSpec>;
+
+/** Command name → loader. Add a line here when a command lands. */
+export const COMMANDS: Record<string, { summary: string; load: Loader }> = {
+  broker: {
+    summary: "Run the MQTT broker (aedes: TCP, WebSocket, optional TLS, users and ACLs)",
+    load: async () => (await import("../broker/cli.ts")).brokerCommand,
+  },
+  "broker-user": {
+    summary: "Add, update or remove a user in a broker users file",
+    load: async () => (await import("../broker/cli.ts")).brokerUserCommand,
+  },
+};
+
+function usage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length)) + 2;
+  const rows = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}${c.summary}`);
+  return [
+    "Usage: bacmqtt <command> [options]",
+    "",
+    "BACnet/IP to MQTT gateway, broker, ingest and API.",
+    "",
+    "Commands:",
+    ...rows,
+    "",
+    "Run `bacmqtt <command> --help` for a command's options.",
+    "",
+  ].join("\n");
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const [name, ...rest] = argv;
+  if (!name || name === "--help" || name === "-h" || name === "help") {
+    process.stdout.write(usage());
+    if (!name) process.exitCode = 1;
+    return;
+  }
+  if (name === "--version" || name === "-v") {
+    const { version } = await import("../common/version.ts");
+    process.stdout.write(`${version}\n`);
+    return;
+  }
+  const entry = COMMANDS[name];
+  if (!entry) {
+    process.stderr.write(`bacmqtt: unknown command "${name}"\n\n${usage()}`);
+    process.exitCode = 2;
+    return;
+  }
+  const spec = await entry.load();
+  try {
+    const parsed = parseCommand(spec, rest);
+    if (parsed.help) {
+      process.stdout.write(formatHelp(spec));
+      return;
+    }
+    const code = await spec.run(parsed);
+    if (typeof code === "number") process.exitCode = code;
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`bacmqtt ${name}: ${err.message}\nRun \`bacmqtt ${name} --help\` for usage.\n`);
+      process.exitCode = 1;
+      return;
+    }
+    const code = (err as { code?: string }).code;
+    process.stderr.write(`bacmqtt ${name}: ${code ? `${code}: ` : ""}${(err as Error)?.message ?? String(err)}\n`);
+    process.exitCode = 1;
+  }
+}
