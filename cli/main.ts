@@ -67,7 +67,9 @@ export async function main(argv: string[]): Promise<void> {
       return;
     }
     const code = (err as { code?: string }).code;
-    process.stderr.write(`bacmqtt ${name}: ${code ? `${code}: ` : ""}${(err as Error)?.message ?? String(err)}\n`);
+    process.stderr.write(
+      `bacmqtt ${name}: ${code ? `${code}: ` : ""}${(err as Error)?.message ?? String(err)}\n`,
+    );
     process.exitCode = 1;
   }
 }

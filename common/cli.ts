@@ -43,7 +43,12 @@ export function envName(option: string): string {
   return `BACMQTT_${option.replace(/-/g, "_").toUpperCase()}`;
 }
 
-const HELP_OPTION: OptionSpec = { type: "boolean", short: "h", description: "Show this help and exit", env: false };
+const HELP_OPTION: OptionSpec = {
+  type: "boolean",
+  short: "h",
+  description: "Show this help and exit",
+  env: false,
+};
 
 export function formatHelp(spec: CommandSpec): string {
   const lines = [`Usage: bacmqtt ${spec.name} ${spec.usage ?? "[options]"}`, "", spec.summary];
@@ -60,7 +65,9 @@ export function formatHelp(spec: CommandSpec): string {
   const width = Math.min(34, Math.max(...rows.map(([f]) => f.length)) + 2);
   lines.push("", "Options:");
   for (const [flag, text] of rows) {
-    lines.push(flag.length + 2 > width ? `  ${flag}\n  ${" ".repeat(width)}${text}` : `  ${flag.padEnd(width)}${text}`);
+    lines.push(
+      flag.length + 2 > width ? `  ${flag}\n  ${" ".repeat(width)}${text}` : `  ${flag.padEnd(width)}${text}`,
+    );
   }
   if (spec.examples?.length) lines.push("", "Examples:", ...spec.examples.map((e) => `  ${e}`));
   return `${lines.join("\n")}\n`;
@@ -79,7 +86,11 @@ export function parseCommand(
     help: { type: "boolean", short: "h" },
   };
   for (const [name, opt] of Object.entries(spec.options)) {
-    options[name] = { type: opt.type, ...(opt.short ? { short: opt.short } : {}), ...(opt.multiple ? { multiple: true } : {}) };
+    options[name] = {
+      type: opt.type,
+      ...(opt.short ? { short: opt.short } : {}),
+      ...(opt.multiple ? { multiple: true } : {}),
+    };
   }
   const problems: string[] = [];
   let parsed: { values: OptionValues; positionals: string[] };
@@ -88,7 +99,7 @@ export function parseCommand(
   } catch (err) {
     // node's parseArgs stops at the first problem; re-scan to list every unknown flag at once.
     const known = new Set(Object.keys(options).map((o) => `--${o}`));
-    for (const [name, opt] of Object.entries(options)) if (opt.short) known.add(`-${opt.short}`);
+    for (const opt of Object.values(options)) if (opt.short) known.add(`-${opt.short}`);
     for (const arg of argv) {
       if (!arg.startsWith("-") || arg === "-") continue;
       const flag = arg.split("=")[0] as string;
@@ -116,7 +127,8 @@ export function parseCommand(
     if (opt.default !== undefined) values[name] = opt.default;
   }
   const [min, max] = spec.positionals ?? [0, 0];
-  if (parsed.positionals.length < min) problems.push(`expected at least ${min} argument(s): ${spec.usage ?? ""}`.trim());
+  if (parsed.positionals.length < min)
+    problems.push(`expected at least ${min} argument(s): ${spec.usage ?? ""}`.trim());
   if (parsed.positionals.length > max)
     problems.push(`unexpected argument(s): ${parsed.positionals.slice(max).join(" ")}`);
   if (problems.length) throw new ConfigError(problems);

@@ -11,7 +11,14 @@ export function rootLogger(): Logger {
         level: process.env.BACMQTT_LOG_LEVEL ?? (process.env.VITEST ? "silent" : "info"),
         base: { pid: process.pid },
         redact: {
-          paths: ["password", "*.password", "config.mqtt.password", "*.api_key", "authorization", "*.authorization"],
+          paths: [
+            "password",
+            "*.password",
+            "config.mqtt.password",
+            "*.api_key",
+            "authorization",
+            "*.authorization",
+          ],
           censor: "[redacted]",
         },
       },

@@ -1,6 +1,9 @@
 // Graceful shutdown for long-running commands: SIGINT/SIGTERM (and Ctrl+C / Ctrl+Break on Windows)
 // run the stop function once; a second signal forces exit.
-export function onShutdown(stop: (signal: string) => Promise<void>, log?: { info: (o: object, m: string) => void }): void {
+export function onShutdown(
+  stop: (signal: string) => Promise<void>,
+  log?: { info: (o: object, m: string) => void },
+): void {
   let stopping = false;
   const handler = (signal: string) => {
     if (stopping) {

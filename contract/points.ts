@@ -118,7 +118,8 @@ export function parsePointId(text: string): ParsedPoint | undefined {
     instance = Number(n[2]);
     if (type > 1023) return undefined;
   }
-  if (type === undefined || !Number.isInteger(instance) || instance < 0 || instance > MAX_INSTANCE) return undefined;
+  if (type === undefined || !Number.isInteger(instance) || instance < 0 || instance > MAX_INSTANCE)
+    return undefined;
   return { objectType: type, objectTypeName: objectTypeName(type), instance };
 }
 

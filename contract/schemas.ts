@@ -12,9 +12,13 @@ const PointName = Type.String({
 const Transaction = Type.Union([Type.String({ maxLength: 128 }), Type.Integer()], {
   description: "Opaque correlation id, echoed in the response",
 });
-export const PointValue = Type.Union([Type.Number(), Type.Boolean(), Type.String({ maxLength: 4096 }), Type.Null()], {
-  description: "Numbers for analog/multi-state/enumerated, booleans for binary, strings for text, null when unknown",
-});
+export const PointValue = Type.Union(
+  [Type.Number(), Type.Boolean(), Type.String({ maxLength: 4096 }), Type.Null()],
+  {
+    description:
+      "Numbers for analog/multi-state/enumerated, booleans for binary, strings for text, null when unknown",
+  },
+);
 
 export const StatusFlags = Type.Object(
   {
@@ -59,8 +63,13 @@ export const BridgeInfo = Type.Object(
       bbmd: Type.Union([Type.String(), Type.Null()]),
       device_instance: Type.Optional(Type.Union([Type.Integer(), Type.Null()])),
     }),
-    mqtt: Type.Object({ base_topic: Type.String(), url: Type.String({ description: "without credentials" }) }),
-    config: Type.Record(Type.String(), Type.Unknown(), { description: "effective configuration, secrets removed" }),
+    mqtt: Type.Object({
+      base_topic: Type.String(),
+      url: Type.String({ description: "without credentials" }),
+    }),
+    config: Type.Record(Type.String(), Type.Unknown(), {
+      description: "effective configuration, secrets removed",
+    }),
   },
   { additionalProperties: false },
 );
@@ -131,14 +140,19 @@ export const BridgeEvent = Type.Object(
 // ---- requests and responses -----------------------------------------------------------------
 
 const req = <T extends Record<string, TSchema>>(props: T, description: string) =>
-  Type.Object({ transaction: Type.Optional(Transaction), ...props }, { additionalProperties: false, description });
+  Type.Object(
+    { transaction: Type.Optional(Transaction), ...props },
+    { additionalProperties: false, description },
+  );
 
 export const Requests = {
   discover: req(
     {
       low: Type.Optional(Type.Integer({ minimum: 0, maximum: 4194303 })),
       high: Type.Optional(Type.Integer({ minimum: 0, maximum: 4194303 })),
-      targets: Type.Optional(Type.Array(Type.String({ maxLength: 64 }), { maxItems: 1024, description: "ip[:port]" })),
+      targets: Type.Optional(
+        Type.Array(Type.String({ maxLength: 64 }), { maxItems: 1024, description: "ip[:port]" }),
+      ),
       broadcast: Type.Optional(Type.String({ maxLength: 64 })),
       timeout_s: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 600 })),
       chunk_size: Type.Optional(Type.Integer({ minimum: 1, maximum: 4194304 })),
@@ -203,7 +217,9 @@ export const DeviceMeta = Type.Object(
   {
     device_instance: DeviceInstance,
     address: Type.String({ description: "ip:port of the BACnet/IP node that answered" }),
-    network: Type.Union([Type.Integer(), Type.Null()], { description: "remote network number for routed devices" }),
+    network: Type.Union([Type.Integer(), Type.Null()], {
+      description: "remote network number for routed devices",
+    }),
     mac: Type.Union([Type.String(), Type.Null()], { description: "hex MAC on the remote network" }),
     object_name: Type.Union([Type.String(), Type.Null()]),
     description: Type.Union([Type.String(), Type.Null()]),
@@ -245,7 +261,9 @@ export const Reading = Type.Object(
     value: PointValue,
     ts: Timestamp,
     status_flags: Type.Optional(StatusFlags),
-    quality: Type.Optional(Type.Union([Type.Literal("good"), Type.Literal("uncertain"), Type.Literal("bad")])),
+    quality: Type.Optional(
+      Type.Union([Type.Literal("good"), Type.Literal("uncertain"), Type.Literal("bad")]),
+    ),
     error: Type.Optional(Type.String({ description: "error code when the read failed (value null)" })),
   },
   { additionalProperties: false },
@@ -297,7 +315,11 @@ export const ResponseData = {
     new_devices: Type.Array(DeviceInstance),
     duration_ms: Type.Number(),
   }),
-  "device/points": Type.Object({ device: DeviceInstance, points: Type.Integer(), duration_ms: Type.Number() }),
+  "device/points": Type.Object({
+    device: DeviceInstance,
+    points: Type.Integer(),
+    duration_ms: Type.Number(),
+  }),
   "device/read": ReadResult,
   "device/write": WriteResult,
   "device/options": Type.Object({

@@ -21,19 +21,20 @@ export const ENDPOINTS = [
 export type Endpoint = (typeof ENDPOINTS)[number];
 
 /** How each topic is published: retained state vs. transient events. */
-export const TOPIC_QOS: Readonly<Record<BridgeTopic | DeviceTopic | "request" | "response", { retain: boolean; qos: 0 | 1 }>> =
-  {
-    state: { retain: true, qos: 1 },
-    info: { retain: true, qos: 1 },
-    devices: { retain: true, qos: 1 },
-    health: { retain: true, qos: 1 },
-    event: { retain: false, qos: 0 },
-    meta: { retain: true, qos: 1 },
-    availability: { retain: true, qos: 1 },
-    readings: { retain: false, qos: 1 },
-    request: { retain: false, qos: 1 },
-    response: { retain: false, qos: 1 },
-  };
+export const TOPIC_QOS: Readonly<
+  Record<BridgeTopic | DeviceTopic | "request" | "response", { retain: boolean; qos: 0 | 1 }>
+> = {
+  state: { retain: true, qos: 1 },
+  info: { retain: true, qos: 1 },
+  devices: { retain: true, qos: 1 },
+  health: { retain: true, qos: 1 },
+  event: { retain: false, qos: 0 },
+  meta: { retain: true, qos: 1 },
+  availability: { retain: true, qos: 1 },
+  readings: { retain: false, qos: 1 },
+  request: { retain: false, qos: 1 },
+  response: { retain: false, qos: 1 },
+};
 
 export class TopicError extends Error {
   readonly code = "CONTRACT_ERR_TOPIC";
@@ -152,7 +153,10 @@ export type ParsedTopic =
  * The one topic parser. `base` may span several levels; returns a readable error for anything
  * that is not a topic of the contract.
  */
-export function parseTopic(topic: string, base: string = DEFAULT_BASE_TOPIC): ParsedTopic | { error: string } {
+export function parseTopic(
+  topic: string,
+  base: string = DEFAULT_BASE_TOPIC,
+): ParsedTopic | { error: string } {
   if (typeof topic !== "string") return { error: "topic must be a string" };
   const prefix = `${base}/`;
   if (!topic.startsWith(prefix)) return { error: `topic "${topic}" is not under base "${base}"` };
@@ -188,7 +192,7 @@ export function topicMatches(filter: string, topic: string): boolean {
   const t = topic.split("/");
   for (let i = 0; i < f.length; i++) {
     const part = f[i];
-    if (part === "#") return i > 0 || !topic.startsWith("$") ? true : false;
+    if (part === "#") return i > 0 || !topic.startsWith("$");
     if (i >= t.length) return false;
     if (part === "+") {
       if (i === 0 && (t[0] as string).startsWith("$")) return false;

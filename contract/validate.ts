@@ -1,10 +1,15 @@
 // Validation that reports every problem at once, in words a person can act on.
 import type { Static, TSchema } from "@sinclair/typebox";
-import { TypeCompiler, type TypeCheck } from "@sinclair/typebox/compiler";
 import { FormatRegistry } from "@sinclair/typebox";
+import { type TypeCheck, TypeCompiler } from "@sinclair/typebox/compiler";
 
 if (!FormatRegistry.Has("date-time")) {
-  FormatRegistry.Set("date-time", (v) => /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/.test(v) && !Number.isNaN(Date.parse(v)));
+  FormatRegistry.Set(
+    "date-time",
+    (v) =>
+      /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/.test(v) &&
+      !Number.isNaN(Date.parse(v)),
+  );
 }
 
 const compiled = new WeakMap<TSchema, TypeCheck<TSchema>>();
@@ -47,7 +52,8 @@ export const MAX_PAYLOAD_BYTES = 1024 * 1024;
 /** Parses an MQTT payload as JSON then validates it. Never throws. */
 export function parsePayload<T extends TSchema>(schema: T, payload: Buffer | string): Validation<Static<T>> {
   const size = typeof payload === "string" ? Buffer.byteLength(payload) : payload.length;
-  if (size > MAX_PAYLOAD_BYTES) return { ok: false, errors: [`payload: ${size} bytes exceeds ${MAX_PAYLOAD_BYTES}`] };
+  if (size > MAX_PAYLOAD_BYTES)
+    return { ok: false, errors: [`payload: ${size} bytes exceeds ${MAX_PAYLOAD_BYTES}`] };
   let json: unknown;
   try {
     json = JSON.parse(typeof payload === "string" ? payload : payload.toString("utf8"));
