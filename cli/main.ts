@@ -7,6 +7,10 @@ type Loader = () => Promise<CommandSpec>;
 
 /** Command name → loader. Add a line here when a command lands. */
 export const COMMANDS: Record<string, { summary: string; load: Loader }> = {
+  schema: {
+    summary: "Print the JSON Schema of every MQTT payload",
+    load: async () => (await import("./schema.ts")).schemaCommand,
+  },
   broker: {
     summary: "Run the MQTT broker (aedes: TCP, WebSocket, optional TLS, users and ACLs)",
     load: async () => (await import("../broker/cli.ts")).brokerCommand,
@@ -51,8 +55,8 @@ export async function main(argv: string[]): Promise<void> {
     process.exitCode = 2;
     return;
   }
-  const spec = await entry.load();
   try {
+    const spec = await entry.load();
     const parsed = parseCommand(spec, rest);
     if (parsed.help) {
       process.stdout.write(formatHelp(spec));
