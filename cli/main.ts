@@ -11,6 +11,10 @@ export const COMMANDS: Record<string, { summary: string; load: Loader }> = {
     summary: "Print the JSON Schema of every MQTT payload",
     load: async () => (await import("./schema.ts")).schemaCommand,
   },
+  gateway: {
+    summary: "Run the BACnet/IP → MQTT gateway (discovery, polling, COV, writes, store-and-forward)",
+    load: async () => (await import("../gateway/cli.ts")).gatewayCommand,
+  },
   broker: {
     summary: "Run the MQTT broker (aedes: TCP, WebSocket, optional TLS, users and ACLs)",
     load: async () => (await import("../broker/cli.ts")).brokerCommand,

@@ -209,6 +209,7 @@ export const PointMeta = Type.Object(
     cov_increment: Type.Union([Type.Number(), Type.Null()]),
     poll_interval_s: Type.Optional(Type.Number()),
     cov: Type.Optional(Type.Boolean({ description: "delivered by COV subscription rather than polling" })),
+    friendly_name: Type.Optional(Type.String({ description: "name given in the gateway's configuration" })),
   },
   { additionalProperties: false },
 );
@@ -232,6 +233,7 @@ export const DeviceMeta = Type.Object(
     max_apdu: Type.Union([Type.Integer(), Type.Null()]),
     segmentation: Type.Union([Type.String(), Type.Null()]),
     supports_rpm: Type.Boolean(),
+    friendly_name: Type.Optional(Type.String({ description: "name given in the gateway's configuration" })),
     updated_at: Timestamp,
     points: Type.Array(PointMeta),
   },

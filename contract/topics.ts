@@ -97,6 +97,11 @@ export class Topics {
     return `bridge/response/${endpoint}`;
   }
 
+  /** Wildcard for every request, relative to the gateway root. */
+  static requestFilterRel(): string {
+    return "bridge/request/#";
+  }
+
   static deviceRel(device: number, name: DeviceTopic): string {
     assertDevice(device);
     return `${device}/${name}`;
@@ -124,7 +129,7 @@ export class Topics {
 
   /** Wildcard for every request to this gateway. */
   requestFilter(): string {
-    return `${this.root}/bridge/request/#`;
+    return this.full(Topics.requestFilterRel());
   }
 
   /** Wildcard for everything this gateway publishes. */

@@ -1,0 +1,245 @@
+// The gateway process as an async factory: `startGateway(config)` builds the BACnet engine, the
+// MQTT wrapper, the store-and-forward buffer, the bridge, discovery, request handling and metrics,
+// starts them in order and returns a handle whose `stop()` undoes it in reverse. `bacmqtt gateway`
+// and `bacmqtt all` both use it. Core parts (engine, buffer, MQTT) failing to start is fatal; an
+// optional feature failing (metrics, background discovery) is logged and the gateway runs on.
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { ConfigError, errorMessage } from "../common/errors.ts";
+import { createLogger, type Logger } from "../common/logger.ts";
+import { Topics } from "../contract/index.ts";
+import type { BacnetEngine, EngineOptions } from "./bacnet/types.ts";
+import { CatalogueStore } from "./catalogue-store.ts";
+import { type GatewayConfig, type GatewayConfigInput, parseHostPort, resolveConfig } from "./config.ts";
+import { Discovery } from "./discovery.ts";
+import { createRegistry, type MetricsServer, serveMetrics } from "./metrics.ts";
+import { Bridge } from "./mqtt/bridge.ts";
+import { DiskBuffer } from "./mqtt/buffer.ts";
+import { GatewayMqtt } from "./mqtt/client.ts";
+import { Dispatcher } from "./mqtt/dispatcher.ts";
+import { createHandlers } from "./mqtt/requests.ts";
+import { WritePolicy } from "./write-policy.ts";
+
+export type { GatewayConfig, GatewayConfigInput } from "./config.ts";
+export { loadConfig } from "./config.ts";
+
+export interface Gateway {
+  readonly config: GatewayConfig;
+  readonly topics: Topics;
+  readonly engine: BacnetEngine;
+  readonly mqtt: GatewayMqtt;
+  readonly bridge: Bridge;
+  readonly buffer: DiskBuffer;
+  readonly discovery: Discovery;
+  readonly dispatcher: Dispatcher;
+  /** `http://host:port/metrics`, or null when disabled or failed to start. */
+  readonly metricsUrl: string | null;
+  /** Graceful stop: offline state published before the MQTT connection closes. */
+  stop(): Promise<void>;
+}
+
+export interface GatewayDeps {
+  /** Injected engine (unit tests of bridge logic only); default: the real one from `gateway/bacnet/`. */
+  engine?: BacnetEngine;
+  log?: Logger;
+}
+
+export function engineOptions(cfg: GatewayConfig, policy: WritePolicy): EngineOptions {
+  const b = cfg.bacnet;
+  const bbmd = b.bbmd ? parseHostPort(b.bbmd) : undefined;
+  return {
+    ...(b.interface !== undefined ? { interface: b.interface } : {}),
+    port: b.port,
+    ...(b.broadcast !== undefined ? { broadcast: b.broadcast } : {}),
+    ...(bbmd ? { bbmd: { address: bbmd.host, port: bbmd.port, ttlSeconds: b.bbmd_ttl_s } } : {}),
+    apduTimeoutMs: b.apdu_timeout_ms,
+    retries: b.retries,
+    perDeviceInFlight: b.per_device_in_flight,
+    globalInFlight: b.global_in_flight,
+    offlineAfterFailures: b.offline_after_failures,
+    pollIntervalS: cfg.polling.interval_s,
+    cov: cfg.polling.cov,
+    covLifetimeS: cfg.polling.cov_lifetime_s,
+    minWritePriority: policy.minPriority,
+    defaultWritePriority: policy.defaultPriority,
+    writeAllowlist: policy.patterns,
+  };
+}
+
+function readTls(cfg: GatewayConfig): { ca?: Buffer; cert?: Buffer; key?: Buffer } {
+  const problems: string[] = [];
+  const out: { ca?: Buffer; cert?: Buffer; key?: Buffer } = {};
+  for (const k of ["ca", "cert", "key"] as const) {
+    const file = cfg.mqtt[k];
+    if (!file) continue;
+    try {
+      out[k] = readFileSync(file);
+    } catch (err) {
+      problems.push(`mqtt.${k}: ${errorMessage(err)}`);
+    }
+  }
+  if (problems.length) throw new ConfigError(problems);
+  return out;
+}
+
+async function createRealEngine(options: EngineOptions): Promise<BacnetEngine> {
+  const mod = (await import("./bacnet/index.ts")) as {
+    createEngine: (o: EngineOptions) => BacnetEngine | Promise<BacnetEngine>;
+  };
+  return await mod.createEngine(options);
+}
+
+export async function startGateway(
+  input: GatewayConfigInput | GatewayConfig,
+  deps: GatewayDeps = {},
+): Promise<Gateway> {
+  const config = resolveConfig(input);
+  const log = deps.log ?? createLogger("gateway");
+  const tls = readTls(config);
+  const topics = new Topics(config.mqtt.base_topic, config.gateway_id);
+  const policy = new WritePolicy(config);
+  const engine = deps.engine ?? (await createRealEngine(engineOptions(config, policy)));
+
+  const url = new URL(config.mqtt.url);
+  const username = config.mqtt.username ?? (url.username ? decodeURIComponent(url.username) : undefined);
+  const password = config.mqtt.password ?? (url.password ? decodeURIComponent(url.password) : undefined);
+  url.username = "";
+  url.password = "";
+  const mqtt = new GatewayMqtt({
+    url: url.toString(),
+    topics,
+    dataDir: config.data_dir,
+    clientId: config.mqtt.client_id ?? `bacmqtt-gw-${config.gateway_id}`,
+    keepaliveS: config.mqtt.keepalive_s,
+    reconnectPeriodMs: config.mqtt.reconnect_period_ms,
+    connectTimeoutMs: config.mqtt.connect_timeout_ms,
+    rejectUnauthorized: config.mqtt.reject_unauthorized,
+    ...(username !== undefined ? { username } : {}),
+    ...(password !== undefined ? { password } : {}),
+    ...tls,
+    log: log.child({ module: "mqtt" }),
+  });
+
+  let bridge: Bridge | undefined;
+  const buffer = new DiskBuffer({
+    dir: path.join(config.data_dir, "buffer"),
+    maxBytes: config.buffer.max_bytes,
+    maxAgeS: config.buffer.max_age_s,
+    segmentBytes: config.buffer.segment_bytes,
+    fsync: config.buffer.fsync,
+    fsyncIntervalMs: config.buffer.fsync_interval_ms,
+    onDrop: ({ reason, records }) => {
+      log.warn({ reason, records }, "buffered readings dropped");
+      bridge?.event("buffer_dropped", { reason, records, dropped_total: buffer.stats.dropped });
+    },
+  });
+  const store = new CatalogueStore(config.data_dir, log.child({ module: "catalogue" }));
+  bridge = new Bridge({ engine, mqtt, buffer, config, log: log.child({ module: "bridge" }) });
+  const b = bridge;
+  const discovery = new Discovery({
+    engine,
+    bridge: b,
+    store,
+    config,
+    log: log.child({ module: "discovery" }),
+  });
+  const handlers = createHandlers({
+    engine,
+    bridge: b,
+    discovery,
+    store,
+    writePolicy: policy,
+    log: log.child({ module: "requests" }),
+    problems: () => (mqtt.connected ? [] : ["not connected to the MQTT broker"]),
+  });
+  const dispatcher = new Dispatcher({
+    topics,
+    handlers,
+    respond: (topic, payload) => mqtt.publish(topic, payload, { qos: 1, retain: false }),
+    onRejected: ({ endpoint, errors, transaction }) =>
+      b.event("request_rejected", {
+        endpoint,
+        errors,
+        ...(transaction !== undefined ? { transaction } : {}),
+      }),
+    log: log.child({ module: "dispatcher" }),
+  });
+
+  // Core: a failure here stops the start and undoes what was started.
+  const undo: Array<() => Promise<void> | void> = [];
+  try {
+    buffer.open();
+    undo.push(() => buffer.close());
+    await engine.start();
+    undo.push(() => engine.stop());
+    b.start((topic, payload) => void dispatcher.handle(topic, payload));
+    undo.push(() => b.stop());
+    mqtt.start();
+    undo.push(() => mqtt.stop());
+  } catch (err) {
+    for (const fn of undo.reverse()) await Promise.resolve(fn()).catch(() => undefined);
+    throw err;
+  }
+
+  // Optional features: logged, not fatal.
+  try {
+    await discovery.start();
+  } catch (err) {
+    log.error({ err: errorMessage(err) }, "discovery failed to start");
+  }
+  let metrics: MetricsServer | undefined;
+  if (config.metrics.enabled) {
+    try {
+      const registry = createRegistry({
+        engine,
+        buffer,
+        mqtt,
+        readingsPublished: () => b.counters.readingsMessages,
+      });
+      metrics = await serveMetrics(registry, config.metrics.host, config.metrics.port, log);
+      log.info({ url: metrics.url }, "metrics listening");
+    } catch (err) {
+      log.error({ err: errorMessage(err) }, "metrics server failed to start");
+    }
+  }
+  log.info({ gateway_id: config.gateway_id, base: config.mqtt.base_topic }, "gateway started");
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopping ??= (async () => {
+      await metrics?.close().catch(() => undefined);
+      discovery.stop();
+      await engine.stop().catch((err: unknown) => log.warn({ err: String(err) }, "engine stop failed"));
+      await withDeadline(dispatcher.idle(), 3000);
+      await b.stop();
+      await mqtt.stop();
+      await withDeadline(b.drained(), 3000);
+      buffer.close();
+      log.info("gateway stopped");
+    })();
+    return stopping;
+  };
+
+  return {
+    config,
+    topics,
+    engine,
+    mqtt,
+    bridge: b,
+    buffer,
+    discovery,
+    dispatcher,
+    metricsUrl: metrics?.url ?? null,
+    stop,
+  };
+}
+
+function withDeadline(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p.then(() => undefined),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
