@@ -98,6 +98,7 @@ export class Discovery {
     this.engine.manage(catalogue, this.bridge.deviceOptions(entry.instance));
     this.store.save({ catalogue, options: entry.runtimeOptions });
     void this.bridge.publishMeta(entry);
+    void this.bridge.publishAvailability(entry.instance, this.engine.isOnline(entry.instance));
     void this.bridge.publishDevices();
   }
 

@@ -1,0 +1,160 @@
+// Shared test support for the gateway suites: a real broker on port 0 (the project's broker once it
+// exists, aedes directly until then), the Mosquitto broker on 127.0.0.1:1883, a recording MQTT
+// client, and bounded waits. Loopback only.
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import mqtt, { type MqttClient } from "mqtt";
+
+export const MOSQUITTO_URL = "mqtt://127.0.0.1:1883";
+
+export interface TestBroker {
+  url: string;
+  close(): Promise<void>;
+}
+
+const brokerModule = new URL("../../../broker/index.ts", import.meta.url);
+
+/** The project's broker (`startBroker({port:0})`) when it has landed, else a bare aedes on port 0. */
+export async function startTestBroker(): Promise<TestBroker> {
+  if (existsSync(brokerModule)) {
+    const mod = (await import(brokerModule.href)) as {
+      startBroker?: (o: Record<string, unknown>) => Promise<Record<string, unknown>>;
+    };
+    if (typeof mod.startBroker === "function") {
+      const b = await mod.startBroker({ port: 0, host: "127.0.0.1" });
+      return { url: brokerUrl(b), close: () => closeOf(b)() };
+    }
+  }
+  return startAedes();
+}
+
+function brokerUrl(b: Record<string, unknown>): string {
+  for (const key of ["url", "mqttUrl", "tcpUrl"]) if (typeof b[key] === "string") return b[key] as string;
+  const port = (b.port ?? (b.ports as Record<string, number> | undefined)?.tcp) as number | undefined;
+  if (typeof port === "number") return `mqtt://127.0.0.1:${port}`;
+  throw new Error(`cannot tell the broker's URL from ${Object.keys(b).join(", ")}`);
+}
+
+function closeOf(b: Record<string, unknown>): () => Promise<void> {
+  const fn = (b.close ?? b.stop) as (() => Promise<void>) | undefined;
+  if (!fn) throw new Error("broker handle has no close/stop");
+  return () => fn.call(b);
+}
+
+export async function startAedes(port = 0): Promise<TestBroker> {
+  const { Aedes } = await import("aedes");
+  const broker = await Aedes.createBroker();
+  const server = net.createServer(broker.handle as (s: net.Socket) => void);
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, "127.0.0.1", () => resolve());
+  });
+  const { port: bound } = server.address() as net.AddressInfo;
+  const sockets = new Set<net.Socket>();
+  server.on("connection", (s) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+  });
+  return {
+    url: `mqtt://127.0.0.1:${bound}`,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await new Promise<void>((resolve) => broker.close(() => resolve()));
+    },
+  };
+}
+
+export interface Received {
+  topic: string;
+  payload: string;
+  retain: boolean;
+}
+
+/** A client that records everything under a filter, with bounded waits. */
+export class Recorder {
+  readonly messages: Received[] = [];
+  private constructor(private readonly client: MqttClient) {}
+
+  static async connect(url: string, filter: string): Promise<Recorder> {
+    const client = await mqtt.connectAsync(url, { reconnectPeriod: 200, connectTimeout: 5000 });
+    const r = new Recorder(client);
+    client.on("message", (topic, payload, packet) =>
+      r.messages.push({ topic, payload: payload.toString(), retain: packet.retain }),
+    );
+    await client.subscribeAsync(filter, { qos: 1 });
+    return r;
+  }
+
+  json(topic: string): unknown[] {
+    return this.messages
+      .filter((m) => m.topic === topic && m.payload !== "")
+      .map((m) => JSON.parse(m.payload));
+  }
+
+  async waitFor(
+    predicate: (messages: Received[]) => boolean,
+    what: string,
+    timeoutMs = 10_000,
+  ): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!predicate(this.messages)) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await sleep(20);
+    }
+  }
+
+  async publish(topic: string, payload: string | object, retain = false): Promise<void> {
+    await this.client.publishAsync(topic, typeof payload === "string" ? payload : JSON.stringify(payload), {
+      qos: 1,
+      retain,
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.client.endAsync(true);
+  }
+}
+
+/** Reads the retained messages under a filter with a fresh client: what a late subscriber sees. */
+export async function retainedUnder(
+  url: string,
+  filter: string,
+  settleMs = 300,
+): Promise<Map<string, string>> {
+  const client = await mqtt.connectAsync(url, { reconnectPeriod: 0, connectTimeout: 5000 });
+  const out = new Map<string, string>();
+  client.on("message", (topic, payload, packet) => {
+    if (packet.retain) out.set(topic, payload.toString());
+  });
+  await client.subscribeAsync(filter, { qos: 1 });
+  await sleep(settleMs);
+  await client.endAsync(true);
+  return out;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+export function tempDir(prefix = "bacmqtt-gw-"): { dir: string; remove(): void } {
+  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export function uniqueBase(label: string): string {
+  return `test-${label}-${process.pid}-${Date.now().toString(36)}-${Math.floor(Math.random() * 1e6)}`;
+}
+
+export async function mosquittoAvailable(): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(1883, "127.0.0.1");
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+}
