@@ -289,7 +289,11 @@ export function resolveConfig(input: unknown, problems: string[] = []): GatewayC
   const result = validate(GatewayConfigSchema, withDefaults);
   if (!result.ok) problems.push(...result.errors.map(humanPath));
   const cfg = withDefaults as GatewayConfig;
-  if (result.ok) problems.push(...semanticProblems(cfg));
+  try {
+    problems.push(...semanticProblems(cfg));
+  } catch {
+    // A shape too broken for the semantic checks: the schema errors above already say why.
+  }
   if (problems.length) throw new ConfigError(problems);
   return cfg;
 }

@@ -414,6 +414,24 @@ describe("gateway (stand-in engine, real broker)", () => {
     expect(JSON.parse(retained.get(`${s.root}/bridge/state`)!)).toMatchObject({ state: "online", bd_seq: 2 });
     expect(JSON.parse(retained.get(`${s.root}/bridge/devices`)!)).toMatchObject({ device_instances: [1001] });
   });
+
+  it("serves Prometheus metrics", async () => {
+    const s = await setup({ config: { metrics: { enabled: true, host: "127.0.0.1", port: 0 } } });
+    await request(s, "discover", {});
+    s.engine.offline.add(1002);
+    expect(s.gw.metricsUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
+    const res = await fetch(s.gw.metricsUrl!);
+    expect(res.status).toBe(200);
+    const text = await res.text();
+    expect(text).toContain('bacmqtt_gateway_devices{state="online"} 1');
+    expect(text).toContain('bacmqtt_gateway_devices{state="offline"} 1');
+    expect(text).toContain("bacmqtt_gateway_points 6");
+    expect(text).toContain("bacmqtt_gateway_reads_total 10");
+    expect(text).toContain("bacmqtt_gateway_buffer_depth 0");
+    expect(text).toContain("bacmqtt_gateway_mqtt_connected 1");
+    expect(text).toMatch(/bacmqtt_gateway_cov_subscriptions 0/);
+    expect(text).toMatch(/bacmqtt_gateway_poll_lag_seconds 0/);
+  });
 });
 
 async function waitUntil(
