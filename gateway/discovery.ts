@@ -99,7 +99,7 @@ export class Discovery {
     this.store.save({ catalogue, options: entry.runtimeOptions });
     void this.bridge.publishMeta(entry);
     void this.bridge.publishAvailability(entry.instance, this.engine.isOnline(entry.instance));
-    void this.bridge.publishDevices();
+    this.bridge.requestDevices();
   }
 
   /** Stops polling a device and clears everything the gateway published or stored for it. */

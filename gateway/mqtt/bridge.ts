@@ -29,6 +29,8 @@ import { publicConfig, redactUrl } from "../config.ts";
 import type { DiskBuffer } from "./buffer.ts";
 import type { GatewayMqtt } from "./client.ts";
 
+const DEVICES_COALESCE_MS = 250;
+
 export interface DeviceEntry {
   instance: number;
   discovered: DiscoveredDevice;
@@ -60,6 +62,7 @@ export class Bridge {
   private readonly log: Logger;
   private readonly startedAt: Date;
   private healthTimer: NodeJS.Timeout | undefined;
+  private devicesTimer: NodeJS.Timeout | undefined;
   private readonly pendingRemovals = new Map<number, string>();
   private draining: Promise<void> | undefined;
   private drainAgain = false;
@@ -134,6 +137,7 @@ export class Bridge {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.healthTimer) clearInterval(this.healthTimer);
+    if (this.devicesTimer) clearTimeout(this.devicesTimer);
     for (const [event, listener] of this.listeners) this.engine.off(event as never, listener as never);
     for (const entry of this.devices.values()) {
       if (entry.stateTimer) {
@@ -307,7 +311,22 @@ export class Bridge {
   }
 
   publishDevices(): Promise<boolean> {
+    if (this.devicesTimer) clearTimeout(this.devicesTimer);
+    this.devicesTimer = undefined;
     return this.mqtt.publish(Topics.bridgeRel("devices"), this.inventory(), TOPIC_QOS.devices);
+  }
+
+  /**
+   * Coalesced `bridge/devices`: a scan adopting hundreds of devices, or a network blip taking them
+   * offline together, sends one inventory instead of one per device.
+   */
+  requestDevices(): void {
+    if (this.devicesTimer || this.stopped) return;
+    this.devicesTimer = setTimeout(() => {
+      this.devicesTimer = undefined;
+      void this.publishDevices();
+    }, DEVICES_COALESCE_MS);
+    this.devicesTimer.unref?.();
   }
 
   publishAvailability(device: number, online: boolean, reason?: string): Promise<boolean> {
@@ -347,7 +366,7 @@ export class Bridge {
     if (this.stopped) return;
     void this.publishAvailability(device, state === "online", reason);
     this.event(state === "online" ? "device_online" : "device_offline", { device, reason });
-    void this.publishDevices();
+    this.requestDevices();
   }
 
   onReadings(device: number, readings: ReadingPayload[], source: "poll" | "cov"): void {

@@ -122,10 +122,20 @@ describe("Bridge", () => {
       timestamp: "2026-11-27T08:00:00.000Z",
       data: { device: 1001, reason: "3 requests in a row timed out" },
     });
-    expect(mqtt.sent.find((m) => m.topic === "bridge/devices")?.payload).toMatchObject({
-      online: 0,
-      offline: 1,
-    });
+    // The inventory is coalesced: one message shortly after, not one per change.
+    engine.emit("availability", 1001, "offline", "again");
+    expect(mqtt.sent.filter((m) => m.topic === "bridge/devices")).toEqual([]);
+    await vi.advanceTimersByTimeAsync(250);
+    expect(mqtt.sent.filter((m) => m.topic === "bridge/devices").map((m) => m.payload)).toEqual([
+      {
+        timestamp: "2026-11-27T08:00:00.250Z",
+        count: 1,
+        online: 0,
+        offline: 1,
+        points: 2,
+        device_instances: [1001],
+      },
+    ]);
     await bridge.stop();
   });
 
