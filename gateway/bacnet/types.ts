@@ -32,6 +32,14 @@ export interface EngineOptions {
   defaultWritePriority?: number;
   /** Write allowlist: `device:point` patterns with `*` wildcards (e.g. `1001:analog_output_*`); empty = none allowed. */
   writeAllowlist?: string[];
+  /** UDP port broadcasts and Who-Is go to (default: `port`, or 47808 when `port` is 0). */
+  broadcastPort?: number;
+  /** Unicast Who-Is targets `ip[:port]` always asked in discover() and when locating a device by instance. */
+  targets?: string[];
+  /** Ask for confirmed COV notifications (the engine sends the SimpleACK); default false. */
+  covConfirmed?: boolean;
+  /** Longest pause between probes of an offline device, seconds (default 60; probing backs off from the APDU timeout). */
+  probeMaxS?: number;
 }
 
 /** Where a device is reached: the BACnet/IP node that answered, plus DNET/DADR when routed. */
