@@ -7,6 +7,14 @@ type Loader = () => Promise<CommandSpec>;
 
 /** Command name → loader. Add a line here when a command lands. */
 export const COMMANDS: Record<string, { summary: string; load: Loader }> = {
+  api: {
+    summary: "Run the REST API and web console (commands relayed to gateways over MQTT)",
+    load: async () => (await import("../api/cli.ts")).apiCommand,
+  },
+  "api-key": {
+    summary: "Create, list or revoke API keys (stored hashed; a new key is printed once)",
+    load: async () => (await import("../api/cli.ts")).apiKeyCommand,
+  },
   schema: {
     summary: "Print the JSON Schema of every MQTT payload",
     load: async () => (await import("./schema.ts")).schemaCommand,
