@@ -83,6 +83,12 @@ export const GatewayConfigSchema = Type.Object(
           description: "At most one {device}/state per device in this period (the last value wins)",
         }),
         health_interval_s: Type.Number({ default: 60, minimum: 1, maximum: 86400 }),
+        cov_batch_ms: Type.Integer({
+          default: 100,
+          minimum: 0,
+          maximum: 10000,
+          description: "COV notifications of one device within this window go out as one readings message",
+        }),
       },
       { default: {}, additionalProperties: false },
     ),

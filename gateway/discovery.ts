@@ -43,8 +43,12 @@ export class Discovery {
   private chain: Promise<unknown> = Promise.resolve();
   private scans = 0;
   private stopped = false;
+  /** Devices whose catalogue we are reading ourselves: the engine's `catalogue` event is ours then. */
+  private readonly reading = new Set<number>();
   private readonly onCatalogue = (c: DeviceCatalogue) => {
-    if (!this.stopped && this.bridge.isEnabled(c.deviceInstance)) this.adopt(c);
+    if (this.stopped || this.reading.has(c.deviceInstance) || !this.bridge.isEnabled(c.deviceInstance))
+      return;
+    this.adopt(c);
   };
 
   constructor(deps: {
@@ -97,9 +101,22 @@ export class Discovery {
     const entry = this.bridge.setCatalogue(catalogue, runtimeOptions);
     this.engine.manage(catalogue, this.bridge.deviceOptions(entry.instance));
     this.store.save({ catalogue, options: entry.runtimeOptions });
+    // Availability follows from the engine's own `availability` event for a managed device.
     void this.bridge.publishMeta(entry);
-    void this.bridge.publishAvailability(entry.instance, this.engine.isOnline(entry.instance));
     this.bridge.requestDevices();
+  }
+
+  /** Reads a device's catalogue now and adopts it (discovery and `device/points`). */
+  async readAndAdopt(device: DiscoveredDevice): Promise<DeviceCatalogue> {
+    this.reading.add(device.deviceInstance);
+    try {
+      const catalogue = await this.engine.readCatalogue(device);
+      if (!this.stopped)
+        this.adopt(catalogue, this.bridge.devices.get(device.deviceInstance)?.runtimeOptions);
+      return catalogue;
+    } finally {
+      this.reading.delete(device.deviceInstance);
+    }
   }
 
   /** Stops polling a device and clears everything the gateway published or stored for it. */
@@ -150,7 +167,7 @@ export class Discovery {
         while (next < toRead.length && !this.stopped) {
           const device = toRead[next++]!;
           try {
-            this.adopt(await this.engine.readCatalogue(device));
+            await this.readAndAdopt(device);
           } catch (err) {
             this.log.warn({ device: device.deviceInstance, err: String(err) }, "catalogue read failed");
           }

@@ -63,6 +63,7 @@ export class Bridge {
   private readonly startedAt: Date;
   private healthTimer: NodeJS.Timeout | undefined;
   private devicesTimer: NodeJS.Timeout | undefined;
+  private readonly covBatches = new Map<number, { readings: ReadingPayload[]; timer: NodeJS.Timeout }>();
   private readonly pendingRemovals = new Map<number, string>();
   private draining: Promise<void> | undefined;
   private drainAgain = false;
@@ -139,6 +140,7 @@ export class Bridge {
     if (this.healthTimer) clearInterval(this.healthTimer);
     if (this.devicesTimer) clearTimeout(this.devicesTimer);
     for (const [event, listener] of this.listeners) this.engine.off(event as never, listener as never);
+    for (const device of [...this.covBatches.keys()]) this.flushCov(device);
     for (const entry of this.devices.values()) {
       if (entry.stateTimer) {
         clearTimeout(entry.stateTimer);
@@ -376,10 +378,35 @@ export class Bridge {
       for (const r of readings) if (r.error === undefined) entry.values[r.point] = r.value;
       this.scheduleState(entry);
     }
-    const payload: DeviceReadingsPayload = { device, source, readings };
+    const window = this.config.mqtt.cov_batch_ms;
+    if (source === "cov" && window > 0) {
+      // COV notifications arrive one value at a time; a burst becomes one readings message.
+      let batch = this.covBatches.get(device);
+      if (!batch) {
+        const timer = setTimeout(() => this.flushCov(device), window);
+        batch = { readings: [], timer };
+        this.covBatches.set(device, batch);
+      }
+      batch.readings.push(...readings);
+      return;
+    }
+    // A poll cycle's values come after the COV values that preceded them.
+    this.flushCov(device);
+    this.sendReadings({ device, source, readings });
+  }
+
+  private flushCov(device: number): void {
+    const batch = this.covBatches.get(device);
+    if (!batch) return;
+    clearTimeout(batch.timer);
+    this.covBatches.delete(device);
+    this.sendReadings({ device, source: "cov", readings: batch.readings });
+  }
+
+  private sendReadings(payload: DeviceReadingsPayload): void {
     this.counters.readingsMessages += 1;
-    this.counters.readingsValues += readings.length;
-    const topic = Topics.deviceRel(device, "readings");
+    this.counters.readingsValues += payload.readings.length;
+    const topic = Topics.deviceRel(payload.device, "readings");
     // Order matters: once anything waits in the buffer, new readings queue behind it.
     if (this.mqtt.connected && this.buffer.depth === 0 && this.draining === undefined) {
       void this.mqtt.publish(topic, payload, TOPIC_QOS.readings).then((ok) => {

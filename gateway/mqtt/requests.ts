@@ -53,8 +53,7 @@ export function createHandlers(ctx: HandlerContext): Handlers {
     "device/points": async ({ device }) => {
       const entry = online(ctx, device);
       const started = Date.now();
-      const catalogue = await ctx.engine.readCatalogue(entry.discovered);
-      ctx.discovery.adopt(catalogue);
+      const catalogue = await ctx.discovery.readAndAdopt(entry.discovered);
       return { device, points: catalogue.points.length, duration_ms: Date.now() - started };
     },
 

@@ -17,17 +17,17 @@ export interface TestBroker {
 const brokerModule = new URL("../../../broker/index.ts", import.meta.url);
 
 /** The project's broker (`startBroker({port:0})`) when it has landed, else a bare aedes on port 0. */
-export async function startTestBroker(): Promise<TestBroker> {
+export async function startTestBroker(port = 0): Promise<TestBroker> {
   if (existsSync(brokerModule)) {
     const mod = (await import(brokerModule.href)) as {
       startBroker?: (o: Record<string, unknown>) => Promise<Record<string, unknown>>;
     };
     if (typeof mod.startBroker === "function") {
-      const b = await mod.startBroker({ port: 0, host: "127.0.0.1" });
+      const b = await mod.startBroker({ port, host: "127.0.0.1", allowAnonymous: true, sysInterval: 0 });
       return { url: brokerUrl(b), close: () => closeOf(b)() };
     }
   }
-  return startAedes();
+  return startAedes(port);
 }
 
 function brokerUrl(b: Record<string, unknown>): string {

@@ -57,10 +57,13 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function make(throttleMs = 1000) {
+function make(throttleMs = 1000, covBatchMs = 0) {
   const engine = new FakeEngine();
   const mqtt = new MqttRecorder();
-  const config = resolveConfig({ gateway_id: "gw1", mqtt: { state_throttle_ms: throttleMs } });
+  const config = resolveConfig({
+    gateway_id: "gw1",
+    mqtt: { state_throttle_ms: throttleMs, cov_batch_ms: covBatchMs },
+  });
   const bridge = new Bridge({
     engine,
     mqtt: mqtt as unknown as GatewayMqtt,
@@ -72,6 +75,7 @@ function make(throttleMs = 1000) {
   const c = catalogue(1001, 2);
   engine.manage(c);
   bridge.setCatalogue(c);
+  mqtt.sent.length = 0;
   return { engine, mqtt, bridge };
 }
 
@@ -100,6 +104,33 @@ describe("Bridge", () => {
     // Quiet period: nothing more.
     await vi.advanceTimersByTimeAsync(5000);
     expect(states()).toHaveLength(2);
+    await bridge.stop();
+  });
+
+  it("turns a COV burst into one readings message, flushed before the next poll cycle", async () => {
+    const { engine, mqtt, bridge } = make(0, 100);
+    const readings = () => mqtt.sent.filter((m) => m.topic === "1001/readings").map((m) => m.payload);
+    engine.emit("readings", 1001, [reading("analog_output_1", 1, "2026-11-27T08:00:00.000Z")], "cov");
+    await vi.advanceTimersByTimeAsync(40);
+    engine.emit("readings", 1001, [reading("analog_output_2", 2, "2026-11-27T08:00:00.040Z")], "cov");
+    expect(readings()).toEqual([]);
+    await vi.advanceTimersByTimeAsync(60);
+    expect(readings()).toEqual([
+      {
+        device: 1001,
+        source: "cov",
+        readings: [
+          reading("analog_output_1", 1, "2026-11-27T08:00:00.000Z"),
+          reading("analog_output_2", 2, "2026-11-27T08:00:00.040Z"),
+        ],
+      },
+    ]);
+    engine.emit("readings", 1001, [reading("analog_output_1", 3, "2026-11-27T08:00:00.200Z")], "cov");
+    engine.emit("readings", 1001, [reading("analog_output_2", 4, "2026-11-27T08:00:00.210Z")], "poll");
+    expect(readings().slice(1)).toEqual([
+      { device: 1001, source: "cov", readings: [reading("analog_output_1", 3, "2026-11-27T08:00:00.200Z")] },
+      { device: 1001, source: "poll", readings: [reading("analog_output_2", 4, "2026-11-27T08:00:00.210Z")] },
+    ]);
     await bridge.stop();
   });
 

@@ -77,6 +77,13 @@ export class FakeEngine extends EventEmitter implements BacnetEngine {
   }
   manage(c: DeviceCatalogue, options: DeviceOptions = {}): void {
     this.managedDevices.set(c.deviceInstance, { catalogue: c, options });
+    // As the real engine does: a managed device is announced online.
+    this.emit(
+      "availability",
+      c.deviceInstance,
+      this.offline.has(c.deviceInstance) ? "offline" : "online",
+      "managed",
+    );
   }
   async unmanage(device: number): Promise<void> {
     this.managedDevices.delete(device);

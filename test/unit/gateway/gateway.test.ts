@@ -9,7 +9,7 @@ import { type Gateway, startGateway } from "../../../gateway/index.ts";
 import {
   Recorder,
   retainedUnder,
-  startAedes,
+  startTestBroker,
   type TestBroker,
   tempDir,
   uniqueBase,
@@ -33,7 +33,7 @@ interface Setup {
 async function setup(
   opts: { devices?: number[]; config?: Record<string, unknown>; dataDir?: string; broker?: TestBroker } = {},
 ): Promise<Setup> {
-  const broker = opts.broker ?? (await startAedes());
+  const broker = opts.broker ?? (await startTestBroker());
   if (!opts.broker) cleanups.push(() => broker.close());
   let dataDir = opts.dataDir;
   if (!dataDir) {
@@ -344,7 +344,7 @@ describe("gateway (stand-in engine, real broker)", () => {
   });
 
   it("buffers readings while the broker is down and replays them in order, marked historical", async () => {
-    const first = await startAedes();
+    const first = await startTestBroker();
     const port = Number(new URL(first.url).port);
     const s = await setup({ broker: first });
     await request(s, "discover", {});
@@ -358,7 +358,7 @@ describe("gateway (stand-in engine, real broker)", () => {
       s.engine.emit("readings", 1001, [{ point: "analog_output_1", value: i, ts }], "poll");
     }
     expect(s.gw.buffer.depth).toBe(50);
-    const second = await startAedes(port);
+    const second = await startTestBroker(port);
     cleanups.push(() => second.close());
     const rec = await Recorder.connect(second.url, `${s.root}/1001/readings`);
     cleanups.push(() => rec.close());
@@ -385,7 +385,7 @@ describe("gateway (stand-in engine, real broker)", () => {
   });
 
   it("resumes polling from the stored catalogue at restart, and clears devices disabled in configuration", async () => {
-    const broker = await startAedes();
+    const broker = await startTestBroker();
     cleanups.push(() => broker.close());
     const tmp = tempDir();
     cleanups.push(() => tmp.remove());
