@@ -144,9 +144,23 @@ export const Filters = {
   bridge: (base: string, name: BridgeTopic) => `${base}/+/bridge/${name}`,
   device: (base: string, name: DeviceTopic) => `${base}/+/+/${name}`,
   responses: (base: string) => `${base}/+/bridge/response/#`,
+  requests: (base: string) => `${base}/+/bridge/request/#`,
+  /** Every broker statistics topic (`$SYS/<broker id>/…`). */
+  sys: () => "$SYS/#",
   /** MQTT 5 / aedes-compatible shared subscription for load-sharing ingest instances. */
   shared: (group: string, filter: string) => `$share/${group}/${filter}`,
 };
+
+/** A broker statistics topic, `$SYS/<broker id>/<levels…>` (published by the broker, never by clients). */
+export function sysTopic(brokerId: string, ...levels: string[]): string {
+  return ["$SYS", brokerId, ...levels].join("/");
+}
+
+/** The group and inner filter of a shared subscription (`$share/<group>/<filter>`), else undefined. */
+export function parseSharedFilter(filter: string): { group: string; filter: string } | undefined {
+  const match = /^\$share\/([^/#+]+)\/(.+)$/.exec(filter);
+  return match ? { group: match[1] as string, filter: match[2] as string } : undefined;
+}
 
 export type ParsedTopic =
   | { kind: "bridge"; base: string; gateway: string; name: BridgeTopic }

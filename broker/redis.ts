@@ -1,0 +1,96 @@
+// Redis-backed persistence (retained messages, sessions, offline QoS 1 queues, wills) and message
+// bus (so several broker instances share one topic space). Owns the Redis connections it opens.
+
+import aedesPersistenceRedis from "aedes-persistence-redis";
+import { Redis, type RedisOptions } from "ioredis";
+import mqemitterRedis from "mqemitter-redis";
+import { CodedError, errorMessage } from "../common/errors.ts";
+import type { Logger } from "../common/logger.ts";
+
+export interface RedisSettings {
+  /** `redis://[:password@]host:port[/db]` */
+  url: string;
+  /** Prefix for every persistence key, so several deployments (or tests) share one Redis. */
+  keyPrefix?: string;
+}
+
+export interface RedisBackends {
+  persistence: unknown;
+  mq: unknown;
+  close(): Promise<void>;
+}
+
+/** The URL without its password, for messages and logs. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "(unparsable URL)";
+  }
+}
+
+/** Fails fast with one clear line when Redis cannot be reached, instead of ioredis retrying forever. */
+async function probe(url: string, timeoutMs: number): Promise<void> {
+  const conn = new Redis(url, {
+    lazyConnect: true,
+    connectTimeout: timeoutMs,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    enableOfflineQueue: false,
+  });
+  // ioredis rejects connect() with a bare "Connection is closed"; the socket error says why.
+  let cause: Error | undefined;
+  conn.on("error", (err: Error) => {
+    cause ??= err;
+  });
+  try {
+    await conn.connect();
+    await conn.ping();
+  } catch (err) {
+    throw cause ?? err;
+  } finally {
+    conn.disconnect();
+  }
+}
+
+export async function openRedis(settings: RedisSettings, log: Logger): Promise<RedisBackends> {
+  const where = redactUrl(settings.url);
+  if (!/^rediss?:\/\//.test(settings.url))
+    throw new CodedError("BROKER_ERR_REDIS", `Redis URL ${where} must start with redis:// or rediss://`);
+  try {
+    await probe(settings.url, 3000);
+  } catch (err) {
+    throw new CodedError(
+      "BROKER_ERR_REDIS",
+      `cannot reach Redis at ${where}: ${errorMessage(err) || "error"}`,
+    );
+  }
+  const connections: Redis[] = [];
+  let lastLogged = 0;
+  const open = (options: RedisOptions): Redis => {
+    const conn = new Redis(settings.url, options);
+    // A Redis outage at run time is logged (at most every 10 s) and ridden out by ioredis' reconnects.
+    conn.on("error", (err: Error) => {
+      if (Date.now() - lastLogged < 10_000) return;
+      lastLogged = Date.now();
+      log.error({ err: errorMessage(err), redis: where }, "Redis connection error");
+    });
+    connections.push(conn);
+    return conn;
+  };
+  const persistence = aedesPersistenceRedis({
+    conn: open(settings.keyPrefix ? { keyPrefix: settings.keyPrefix } : {}),
+  });
+  const mq = mqemitterRedis({ subConn: open({}), pubConn: open({}) });
+  return {
+    persistence,
+    mq,
+    close: async () => {
+      // aedes closes the mq (which quits its connections); persistence is ours to destroy.
+      await (persistence as { destroy(): Promise<void> }).destroy().catch(() => undefined);
+      for (const conn of connections) if (conn.status !== "end") conn.disconnect();
+    },
+  };
+}
