@@ -7,6 +7,10 @@ type Loader = () => Promise<CommandSpec>;
 
 /** Command name → loader. Add a line here when a command lands. */
 export const COMMANDS: Record<string, { summary: string; load: Loader }> = {
+  simulate: {
+    summary: "Run simulated BACnet/IP devices and routers (tests, benchmarks, demos)",
+    load: async () => (await import("../simulator/cli.ts")).simulateCommand,
+  },
   api: {
     summary: "Run the REST API and web console (commands relayed to gateways over MQTT)",
     load: async () => (await import("../api/cli.ts")).apiCommand,
