@@ -7,6 +7,22 @@ type Loader = () => Promise<CommandSpec>;
 
 /** Command name → loader. Add a line here when a command lands. */
 export const COMMANDS: Record<string, { summary: string; load: Loader }> = {
+  interfaces: {
+    summary: "List network interfaces with address, netmask and broadcast",
+    load: async () => (await import("../gateway/bacnet/cli.ts")).interfacesCommand,
+  },
+  scan: {
+    summary: "Discover BACnet devices (broadcast, unicast, routed, BBMD) and their points",
+    load: async () => (await import("../gateway/bacnet/cli.ts")).scanCommand,
+  },
+  read: {
+    summary: "Read a BACnet property (default present-value) of a point",
+    load: async () => (await import("../gateway/bacnet/cli.ts")).readCommand,
+  },
+  write: {
+    summary: "Write a point's present-value at a priority (null relinquishes) and read it back",
+    load: async () => (await import("../gateway/bacnet/cli.ts")).writeCommand,
+  },
   simulate: {
     summary: "Run simulated BACnet/IP devices and routers (tests, benchmarks, demos)",
     load: async () => (await import("../simulator/cli.ts")).simulateCommand,

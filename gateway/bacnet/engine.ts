@@ -575,9 +575,15 @@ export class Engine extends EventEmitter implements BacnetEngine {
 
   // ---- catalogue ----------------------------------------------------------------------------
 
-  async readCatalogue(device: DiscoveredDevice): Promise<DeviceCatalogue> {
+  /** Device-object properties only (no object list): what `scan` without `--points` shows. */
+  async readDeviceInfo(device: DiscoveredDevice): Promise<Omit<DeviceCatalogue, "points" | "presentValues">> {
     let k = this.known.get(device.deviceInstance);
-    if (!k || k.device.address !== device.address) {
+    if (
+      !k ||
+      k.device.address !== device.address ||
+      k.device.network !== device.network ||
+      k.device.mac !== device.mac
+    ) {
       this.addDevice(device);
       k = this.known.get(device.deviceInstance) as Known;
     }
@@ -614,23 +620,15 @@ export class Engine extends EventEmitter implements BacnetEngine {
       const v = dv(id);
       return typeof v === "string" ? v : null;
     };
-    const maxApdu =
-      typeof dv(Prop.MAX_APDU_LENGTH_ACCEPTED) === "number"
-        ? (dv(Prop.MAX_APDU_LENGTH_ACCEPTED) as number)
-        : device.maxApdu;
+    const apdu = dv(Prop.MAX_APDU_LENGTH_ACCEPTED);
+    const maxApdu = typeof apdu === "number" && apdu >= 50 ? apdu : device.maxApdu;
     const segNum = dv(Prop.SEGMENTATION_SUPPORTED);
     const segmentation =
       typeof segNum === "number" ? (SEGMENTATION_NAMES[segNum] ?? device.segmentation) : device.segmentation;
     k.device = { ...k.device, maxApdu, segmentation };
     k.segmentedOk = segmentation === "both" || segmentation === "transmit";
-
-    const objects = await this.readObjectList(k);
-    const pointObjects = objects.filter((o) => POINT_TYPES.has(o.type));
-    const specs = pointObjects.map((o) => ({ object: o, properties: metaProps(o.type) }));
-    const mr = await this.readMany(k, specs);
-    const points: PointMetaPayload[] = pointObjects.map((o) => pointMeta(o, mr));
     const vendorId = dv(Prop.VENDOR_IDENTIFIER);
-    const cat: DeviceCatalogue = {
+    return {
       ...k.device,
       vendorId: typeof vendorId === "number" ? vendorId : device.vendorId,
       objectName: str(Prop.OBJECT_NAME),
@@ -640,9 +638,30 @@ export class Engine extends EventEmitter implements BacnetEngine {
       modelName: str(Prop.MODEL_NAME),
       firmwareRevision: str(Prop.FIRMWARE_REVISION),
       applicationSoftwareVersion: str(Prop.APPLICATION_SOFTWARE_VERSION),
-      supportsRpm: k.rpm !== false && supportsRpm,
+      supportsRpm: (k.rpm as boolean | null) !== false && supportsRpm,
       supportsCov,
+      readAt: new Date().toISOString(),
+    };
+  }
+
+  async readCatalogue(device: DiscoveredDevice): Promise<DeviceCatalogue> {
+    const info = await this.readDeviceInfo(device);
+    const k = this.known.get(device.deviceInstance) as Known;
+    const objects = await this.readObjectList(k);
+    const pointObjects = objects.filter((o) => POINT_TYPES.has(o.type));
+    const specs = pointObjects.map((o) => ({ object: o, properties: metaProps(o.type) }));
+    const mr = await this.readMany(k, specs);
+    const points: PointMetaPayload[] = pointObjects.map((o) => pointMeta(o, mr));
+    const presentValues: Record<string, Value> = {};
+    for (const o of pointObjects) {
+      const r = mr.get(resKey(o, { id: Prop.PRESENT_VALUE }));
+      presentValues[pointId(o.type, o.instance)] = r?.values ? presentValue(o.type, r.values) : null;
+    }
+    const cat: DeviceCatalogue = {
+      ...info,
+      supportsRpm: (k.rpm as boolean | null) !== false && info.supportsRpm,
       points,
+      presentValues,
       readAt: new Date().toISOString(),
     };
     this.emit("catalogue", cat);

@@ -96,6 +96,8 @@ export interface DeviceCatalogue extends DiscoveredDevice {
   supportsRpm: boolean;
   supportsCov: boolean;
   points: PointMetaPayload[];
+  /** Present values read with the metadata (point → value), so a scan can show them without a poll. */
+  presentValues?: Record<string, Value>;
   readAt: string;
 }
 
