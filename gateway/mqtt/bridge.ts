@@ -193,6 +193,17 @@ export class Bridge {
     };
   }
 
+  /**
+   * Options as the engine takes them: the engine matches point ids with `*`; `name:<glob>` (object
+   * name) and `type:<object_type>` patterns are expanded here against the device's catalogue.
+   */
+  engineOptions(device: number): Required<DeviceOptions> {
+    const o = this.deviceOptions(device);
+    const points = this.devices.get(device)?.catalogue?.points ?? [];
+    const expand = (patterns: string[]) => expandPatterns(patterns, points);
+    return { ...o, include: expand(o.include), exclude: expand(o.exclude) };
+  }
+
   isEnabled(device: number): boolean {
     return this.config.devices[String(device)]?.enabled !== false;
   }
@@ -520,6 +531,27 @@ export class Bridge {
   publishHealth(): Promise<boolean> {
     return this.mqtt.publish(Topics.bridgeRel("health"), this.health(), TOPIC_QOS.health);
   }
+}
+
+function globRegExp(glob: string): RegExp {
+  return new RegExp(`^${glob.replace(/[.+?^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*")}$`, "i");
+}
+
+export function expandPatterns(patterns: string[], points: { point: string; name: string }[]): string[] {
+  const out: string[] = [];
+  for (const p of patterns) {
+    if (p.startsWith("name:")) {
+      const re = globRegExp(p.slice(5));
+      for (const point of points) if (re.test(point.name)) out.push(point.point);
+      // A pattern that matches nothing must still select nothing rather than everything.
+      if (!points.some((point) => re.test(point.name))) out.push(`__no_point_named_${out.length}`);
+    } else if (p.startsWith("type:")) {
+      out.push(`${p.slice(5).replace(/-/g, "_")}_*`);
+    } else {
+      out.push(p);
+    }
+  }
+  return out;
 }
 
 function safeEndpoint(engine: BacnetEngine): ReturnType<BacnetEngine["endpoint"]> | undefined {

@@ -120,7 +120,7 @@ export function createHandlers(ctx: HandlerContext): Handlers {
       entry.runtimeOptions = { ...entry.runtimeOptions, ...change };
       const effective = ctx.bridge.deviceOptions(device);
       if (entry.catalogue) {
-        ctx.engine.setOptions(device, effective);
+        ctx.engine.setOptions(device, ctx.bridge.engineOptions(device));
         ctx.store.save({ catalogue: entry.catalogue, options: entry.runtimeOptions });
         void ctx.bridge.publishMeta(entry);
       }

@@ -9,7 +9,7 @@ import path from "node:path";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { createLogger } from "../../../common/logger.ts";
 import { resolveConfig } from "../../../gateway/config.ts";
-import { Bridge } from "../../../gateway/mqtt/bridge.ts";
+import { Bridge, expandPatterns } from "../../../gateway/mqtt/bridge.ts";
 import { DiskBuffer } from "../../../gateway/mqtt/buffer.ts";
 import type { GatewayMqtt } from "../../../gateway/mqtt/client.ts";
 import { catalogue, FakeEngine } from "./fake-engine.ts";
@@ -189,5 +189,24 @@ describe("Bridge", () => {
     expect(got.every((g) => g.historical === true)).toBe(true);
     expect(buffer.depth).toBe(0);
     await bridge.stop();
+  });
+});
+
+describe("point patterns", () => {
+  const points = [
+    { point: "analog_input_1", name: "Zone 1 Temp" },
+    { point: "analog_input_2", name: "Spare AI" },
+    { point: "binary_input_1", name: "spare DI" },
+  ];
+  it("keeps point-id globs, expands type: and name: against the catalogue", () => {
+    expect(expandPatterns(["analog_value_*", "type:binary-input", "name:spare*"], points)).toEqual([
+      "analog_value_*",
+      "binary_input_*",
+      "analog_input_2",
+      "binary_input_1",
+    ]);
+  });
+  it("a name pattern matching nothing selects nothing", () => {
+    expect(expandPatterns(["name:Chiller*"], points)).toEqual(["__no_point_named_0"]);
   });
 });
