@@ -66,7 +66,6 @@ export async function buildApp(options: ApiOptions = {}): Promise<FastifyInstanc
     bodyLimit: options.bodyLimit ?? 64 * 1024,
     forceCloseConnections: true,
     return503OnClosing: true,
-    disableRequestLogging: true,
     trustProxy: false,
     routerOptions: { maxParamLength: 200 },
   });
