@@ -1,0 +1,243 @@
+// The gateway as a separate process (`bin/bacmqtt.mjs gateway --config …`, as users run it) against
+// the simulator and a real broker (ours and Mosquitto): the Last Will after SIGKILL, a graceful
+// SIGTERM, and a SIGKILL while the broker is unreachable — what was buffered on disk is delivered
+// by the next start, marked historical.
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { stringify } from "yaml";
+import { type Simulator, startSimulator } from "../../../simulator/index.ts";
+import {
+  BrokerLink,
+  hostPort,
+  MOSQUITTO_URL,
+  mosquittoAvailable,
+  Recorder,
+  retainedUnder,
+  startTestBroker,
+  tempDir,
+  uniqueBase,
+} from "./helpers.ts";
+
+const bin = fileURLToPath(new URL("../../../bin/bacmqtt.mjs", import.meta.url));
+
+let sim: Simulator;
+let targets: string[];
+beforeAll(async () => {
+  sim = await startSimulator({
+    devices: [
+      { instance: 3201, address: "127.0.0.23", port: 0 },
+      { instance: 3202, address: "127.0.0.24", port: 0 },
+    ],
+  });
+  targets = sim.devices().map((d) => `${d.address}:${d.port}`);
+});
+afterAll(async () => {
+  await sim?.close();
+});
+
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const fn of cleanups.splice(0).reverse()) await fn();
+});
+
+function writeConfig(dir: string, mqttUrl: string, base: string): string {
+  const file = path.join(dir, "gateway.yaml");
+  writeFileSync(
+    file,
+    stringify({
+      gateway_id: "gw1",
+      data_dir: path.join(dir, "data"),
+      mqtt: { url: mqttUrl, base_topic: base, reconnect_period_ms: 200 },
+      bacnet: { interface: "127.0.0.1", port: 0, apdu_timeout_ms: 500, retries: 1 },
+      discovery: { on_start: true, interval_s: 0, targets, timeout_s: 1 },
+      polling: { interval_s: 1, cov: false },
+      buffer: { fsync: "never" },
+      metrics: { enabled: false },
+    }),
+  );
+  return file;
+}
+
+function runGateway(config: string): {
+  child: ChildProcess;
+  exited: Promise<number | null>;
+  stderr: () => string;
+} {
+  const child = spawn(process.execPath, [bin, "gateway", "--config", config], {
+    env: { ...process.env, BACMQTT_LOG_LEVEL: "warn" },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let err = "";
+  child.stderr?.on("data", (d: Buffer) => {
+    err = (err + d.toString()).slice(-4000);
+  });
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  cleanups.push(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGKILL");
+      await exited;
+    }
+  });
+  return { child, exited, stderr: () => err };
+}
+
+/** Readings waiting in a stopped gateway's buffer folder, as `device/point@ts`, in order. */
+function pendingOnDisk(dataDir: string): string[] {
+  const dir = path.join(dataDir, "buffer");
+  if (!existsSync(dir)) return [];
+  let cursor = { seg: 0, off: 0 };
+  try {
+    cursor = JSON.parse(readFileSync(path.join(dir, "cursor.json"), "utf8"));
+  } catch {
+    // no cursor yet: everything is pending
+  }
+  const out: string[] = [];
+  for (const f of readdirSync(dir)
+    .filter((n) => n.endsWith(".seg"))
+    .sort()) {
+    const seq = Number(f.slice(0, 16));
+    if (seq < cursor.seg) continue;
+    let buf = readFileSync(path.join(dir, f));
+    if (seq === cursor.seg) buf = buf.subarray(cursor.off);
+    for (const line of buf.toString("utf8").split("\n")) {
+      if (!line) continue;
+      try {
+        const rec = JSON.parse(line) as {
+          payload: { device: number; readings: { point: string; ts: string }[] };
+        };
+        for (const r of rec.payload.readings) out.push(`${rec.payload.device}/${r.point}@${r.ts}`);
+      } catch {
+        // a torn last line is not a record
+      }
+    }
+  }
+  return out;
+}
+
+function readingKeys(rec: Recorder, historicalOnly: boolean): string[] {
+  return rec.messages
+    .filter(
+      (m) => m.topic.endsWith("/readings") && (!historicalOnly || m.payload.includes('"historical":true')),
+    )
+    .flatMap((m) => {
+      const p = JSON.parse(m.payload) as { device: number; readings: { point: string; ts: string }[] };
+      return p.readings.map((r) => `${p.device}/${r.point}@${r.ts}`);
+    });
+}
+
+async function clearRetained(url: string, base: string): Promise<void> {
+  const retained = await retainedUnder(url, `${base}/#`, 200);
+  if (retained.size === 0) return;
+  const rec = await Recorder.connect(url, `${base}/_cleanup`);
+  for (const topic of retained.keys()) await rec.publish(topic, "", true);
+  await rec.close();
+}
+
+const brokers: Array<[string, () => Promise<{ url: string; close?: () => Promise<void> }>]> = [
+  ["our broker", () => startTestBroker()],
+];
+if (await mosquittoAvailable()) brokers.push(["mosquitto", async () => ({ url: MOSQUITTO_URL })]);
+
+describe.each(brokers)("gateway process with %s", (_name, makeBroker) => {
+  let broker: { url: string; close?: () => Promise<void> };
+  beforeAll(async () => {
+    broker = await makeBroker();
+  });
+  afterAll(async () => {
+    await broker.close?.();
+  });
+
+  it("SIGKILL: the broker publishes the retained offline will with the connection's bd_seq; SIGTERM: offline, exit 0", async () => {
+    const base = uniqueBase("kill");
+    const root = `${base}/gw1`;
+    const tmp = tempDir();
+    cleanups.push(() => tmp.remove());
+    cleanups.push(() => clearRetained(broker.url, base));
+    const rec = await Recorder.connect(broker.url, `${root}/bridge/state`);
+    cleanups.push(() => rec.close());
+    const config = writeConfig(tmp.dir, broker.url, base);
+
+    const first = runGateway(config);
+    await rec.waitFor((m) => m.some((x) => x.payload.includes('"online"')), "online", 20_000);
+    first.child.kill("SIGKILL");
+    await first.exited;
+    await rec.waitFor((m) => m.some((x) => x.payload.includes('"offline"')), "will", 20_000);
+    expect(
+      rec
+        .json(`${root}/bridge/state`)
+        .map((s) => [(s as { state: string }).state, (s as { bd_seq: number }).bd_seq]),
+    ).toEqual([
+      ["online", 1],
+      ["offline", 1],
+    ]);
+    const retained = await retainedUnder(broker.url, `${root}/bridge/state`);
+    expect(JSON.parse(retained.get(`${root}/bridge/state`)!)).toMatchObject({ state: "offline", bd_seq: 1 });
+
+    const second = runGateway(config);
+    await rec.waitFor(
+      (m) => m.filter((x) => x.payload.includes('"online"')).length >= 2,
+      "online again",
+      20_000,
+    );
+    second.child.kill("SIGTERM");
+    expect(await second.exited).toBe(0);
+    await rec.waitFor((m) => m.filter((x) => x.payload.includes('"offline"')).length >= 2, "clean offline");
+    expect(
+      rec
+        .json(`${root}/bridge/state`)
+        .map((s) => [(s as { state: string }).state, (s as { bd_seq: number }).bd_seq]),
+    ).toEqual([
+      ["online", 1],
+      ["offline", 1],
+      ["online", 2],
+      ["offline", 2],
+    ]);
+  }, 60_000);
+
+  it("SIGKILL while the broker is unreachable: the next start delivers what was buffered, historical", async () => {
+    const base = uniqueBase("buf");
+    const root = `${base}/gw1`;
+    const tmp = tempDir();
+    cleanups.push(() => tmp.remove());
+    cleanups.push(() => clearRetained(broker.url, base));
+    const link = new BrokerLink(hostPort(broker.url));
+    await link.restore();
+    cleanups.push(() => link.cut());
+    const rec = await Recorder.connect(broker.url, `${root}/+/readings`);
+    cleanups.push(() => rec.close());
+    const config = writeConfig(tmp.dir, link.url, base);
+    const dataDir = path.join(tmp.dir, "data");
+
+    const first = runGateway(config);
+    await rec.waitFor((m) => m.length >= 2, "live readings", 30_000);
+    await link.cut();
+    const deadline = Date.now() + 20_000;
+    while (pendingOnDisk(dataDir).length < 40) {
+      if (Date.now() > deadline) throw new Error(`buffer did not fill: ${first.stderr()}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    first.child.kill("SIGKILL");
+    await first.exited;
+    const buffered = pendingOnDisk(dataDir);
+    expect(buffered.length).toBeGreaterThanOrEqual(40);
+
+    await link.restore();
+    const second = runGateway(config);
+    await rec.waitFor(
+      () => {
+        const got = new Set(readingKeys(rec, true));
+        return buffered.every((k) => got.has(k));
+      },
+      "every buffered reading, historical",
+      30_000,
+    );
+    // In order: the historical messages replay the buffer front to back.
+    const historical = readingKeys(rec, true);
+    expect(historical.slice(0, buffered.length)).toEqual(buffered);
+    second.child.kill("SIGTERM");
+    expect(await second.exited).toBe(0);
+  }, 90_000);
+});
