@@ -503,9 +503,10 @@ export class SimDevice {
     // Map the 8-bit sequence number onto the segment index just after the last acknowledged one.
     const idx = tx.acked + ((seq - (tx.acked & 0xff)) & 0xff);
     if (idx > tx.sent) return; // outside the window: a stale ACK
-    const nak = (flags & 0x02) !== 0;
-    if (idx === tx.acked && !nak) {
-      this.armSegmentTimer(tx); // a duplicate ACK only restarts the timer (clause 5.4.5.3)
+    if (idx === tx.acked) {
+      // Already acknowledged (a repeated NAK for the same gap included): duplicate, only restart
+      // the timer (clause 5.4.5.3, DuplicateACK_Received). Resending here would multiply traffic.
+      this.armSegmentTimer(tx);
       return;
     }
     tx.acked = idx;

@@ -416,7 +416,7 @@ export class RawClient {
           type: "abort",
           invokeId: b[1] as number,
           reason: b[2] as number,
-          server: (b[0] as number & 1) === 1,
+          server: ((b[0] as number) & 1) === 1,
           frame: first,
         };
       case 3:
