@@ -28,10 +28,13 @@ const composeSchemaPath = path.join(
   path.dirname(require.resolve("dclint/package.json")),
   "schemas/compose.schema.json",
 );
-const SECRETS = {
+export const SECRETS = {
   POSTGRES_PASSWORD: "pg-secret",
   GRAFANA_ADMIN_PASSWORD: "admin-secret",
   GRAFANA_DB_PASSWORD: "reader-secret",
+  MQTT_INGEST_PASSWORD: "ingest-secret",
+  MQTT_API_PASSWORD: "api-secret",
+  MQTT_GATEWAY_PASSWORD: "gateway-secret",
 };
 
 function compileComposeSchema() {
@@ -89,9 +92,11 @@ describe("docker-compose.yml", () => {
     const { problems } = loadCompose(exampleEnvWithSecrets({}));
     const missing = [...new Set(problems.map((p) => p.split(":")[0]))].sort();
     expect(missing).toEqual(Object.keys(SECRETS).sort());
-    const empty = [...readEnvExample()].filter(([, e]) => e.value === "").map(([k]) => k);
-    expect(empty.sort()).toEqual(Object.keys(SECRETS).sort());
-    for (const name of empty) expect(readEnvExample().get(name)?.comment).toMatch(/^Required\./);
+    const empty = [...readEnvExample()].filter(([, e]) => e.value === "");
+    const required = empty.filter(([, e]) => /^Required\./.test(e.comment)).map(([k]) => k);
+    expect(required.sort()).toEqual(Object.keys(SECRETS).sort());
+    // The other empty ones are optional and say what empty means.
+    for (const [name, e] of empty) if (!required.includes(name)) expect(e.comment, name).toMatch(/empty = /i);
   });
 
   it("defaults in the file agree with the values in .env.example", () => {
@@ -173,6 +178,15 @@ describe("docker-compose.yml", () => {
     const services = bacmqttServices();
     expect(services.length).toBeGreaterThanOrEqual(4);
     for (const [name, s] of services) {
+      if (s.entrypoint) {
+        // A one-shot script of the image (deploy/docker/*.sh) instead of a bacmqtt command.
+        expect(s.entrypoint[0], name).toBe("sh");
+        expect(
+          existsSync(path.join(repoRoot, s.entrypoint[1] as string)),
+          `${name}: ${s.entrypoint[1]}`,
+        ).toBe(true);
+        continue;
+      }
       const [command, ...args] = s.command ?? [];
       expect(Object.keys(COMMANDS), `${name}: command ${command}`).toContain(command);
       const spec = await (COMMANDS[command as string] as (typeof COMMANDS)[string]).load();
@@ -192,20 +206,29 @@ describe("docker-compose.yml", () => {
     }
   });
 
-  it("gives the gateway profile config keys the gateway's config schema has", async () => {
+  it("configures the gateway profile through real gateway flags and config keys", async () => {
+    const { gatewayCommand } = await import("../../../gateway/cli.ts");
     const { loadConfig } = await import("../../../gateway/config.ts");
+    const { parseCommand } = await import("../../../common/cli.ts");
     const env = Object.fromEntries(
       Object.entries(compose.services.gateway?.environment ?? {}).map(([k, v]) => [k, String(v)]),
     );
+    const { values } = parseCommand(gatewayCommand, [], env);
+    const example = readEnvExample();
+    expect(values["gateway-id"]).toBe(example.get("GATEWAY_ID")?.value);
+    expect(values["data-dir"]).toBe("/data");
+    expect(values["mqtt-url"]).toBe(`mqtt://127.0.0.1:${example.get("MQTT_PORT")?.value}`);
+    // Empty BACNET_INTERFACE / BACNET_BBMD leave the options unset (the gateway chooses).
+    expect(values.interface).toBeUndefined();
+    expect(values.bbmd).toBeUndefined();
     const cfg = loadConfig({ env });
-    expect(cfg.gateway_id).toBe(readEnvExample().get("GATEWAY_ID")?.value);
-    expect(cfg.data_dir).toBe("/data");
-    expect(cfg.mqtt.url).toBe(`mqtt://127.0.0.1:${readEnvExample().get("MQTT_PORT")?.value}`);
+    expect(cfg.mqtt.username).toBe(example.get("GATEWAY_ID")?.value);
+    expect(cfg.mqtt.password).toBe(SECRETS.MQTT_GATEWAY_PASSWORD);
   });
 
   it("points health checks and scripts at files that exist in the image or the tree", () => {
     for (const [name, s] of Object.entries(compose.services)) {
-      for (const part of [...(s.healthcheck?.test ?? []), ...(s.command ?? [])]) {
+      for (const part of [...(s.healthcheck?.test ?? []), ...(s.command ?? []), ...(s.entrypoint ?? [])]) {
         const m = /^(deploy\/\S+)$/.exec(part);
         if (m) expect(existsSync(path.join(repoRoot, m[1] as string)), `${name}: ${part}`).toBe(true);
       }
