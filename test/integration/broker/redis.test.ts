@@ -1,0 +1,122 @@
+// Redis persistence against the real Redis at 127.0.0.1:6379: retained messages and a persistent
+// session's queued QoS 1 messages survive a broker restart, and two broker instances share one topic
+// space. Each run uses its own key prefix (and database 9) and deletes its keys afterwards.
+import { Redis } from "ioredis";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type RunningBroker, startBroker } from "../../../broker/index.ts";
+import { Topics } from "../../../contract/index.ts";
+import { connect, connectRecording, record, subscribe, uniqueId, waitFor } from "./helpers.ts";
+
+const REDIS_URL = "redis://127.0.0.1:6379/9";
+const prefix = `${uniqueId("bacmqtt-test-")}:`;
+let redis: Redis;
+const running: RunningBroker[] = [];
+
+async function start(): Promise<RunningBroker> {
+  const broker = await startBroker({
+    port: 0,
+    allowAnonymous: true,
+    sysInterval: 0,
+    redis: { url: REDIS_URL, keyPrefix: prefix },
+  });
+  running.push(broker);
+  return broker;
+}
+
+async function stop(broker: RunningBroker): Promise<void> {
+  running.splice(running.indexOf(broker), 1);
+  await broker.close();
+}
+
+beforeAll(async () => {
+  redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  redis.on("error", () => undefined);
+  await redis.connect();
+});
+
+afterAll(async () => {
+  for (const broker of [...running]) await stop(broker);
+  let cursor = "0";
+  for (let round = 0; round < 1000; round++) {
+    const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 500);
+    if (keys.length) await redis.del(...keys);
+    cursor = next;
+    if (cursor === "0") break;
+  }
+  await redis.quit();
+});
+
+describe("Redis persistence", () => {
+  it("keeps retained messages and a persistent session's QoS 1 queue across a broker restart", async () => {
+    const topics = new Topics("bacmqtt", uniqueId("gw"));
+    const clientId = uniqueId("ingest");
+    const first = await start();
+
+    const sub = await connect(first.url, { clientId, clean: false });
+    expect(await subscribe(sub, topics.device(1, "readings"), 1)).toBe(1);
+    await sub.endAsync();
+
+    const pub = await connect(first.url);
+    await pub.publishAsync(topics.bridge("state"), '{"state":"online"}', { qos: 1, retain: true });
+    for (let i = 0; i < 10; i++) await pub.publishAsync(topics.device(1, "readings"), `r${i}`, { qos: 1 });
+    await pub.endAsync();
+    // PUBACK goes out before the broker has queued the message; wait until Redis holds all ten.
+    const queue = `${prefix}outgoing:${encodeURIComponent(clientId)}`;
+    let queued = 0;
+    await waitFor("10 queued messages in Redis", () => {
+      redis.llen(queue).then(
+        (n) => {
+          queued = n;
+        },
+        () => undefined,
+      );
+      return queued >= 10;
+    });
+    await stop(first);
+
+    const second = await start();
+    expect(second.tcpPort).not.toBe(0);
+    const back = await connectRecording(second.url, { clientId, clean: false });
+    await waitFor("queued readings after restart", () => back.messages.length >= 10);
+    expect(back.messages.map((m) => m.payload)).toEqual(Array.from({ length: 10 }, (_, i) => `r${i}`));
+
+    const late = await connect(second.url);
+    const retained = record(late);
+    await subscribe(late, topics.bridge("state"));
+    await waitFor("retained state after restart", () => retained.length === 1);
+    expect(retained[0]).toMatchObject({ payload: '{"state":"online"}', retain: true });
+    await Promise.all([back.client.endAsync(), late.endAsync()]);
+    await stop(second);
+  });
+
+  it("lets two broker instances share clients: publish on one, receive on the other", async () => {
+    const topics = new Topics("bacmqtt", uniqueId("gw"));
+    const a = await start();
+    const b = await start();
+    const onA = await connect(a.url);
+    const got = record(onA);
+    await subscribe(onA, topics.device(2, "readings"), 1);
+    const onB = await connect(b.url);
+    // The subscription reaches B through Redis pub/sub; retry a bounded number of times until it has.
+    for (let i = 0; i < 50 && got.length === 0; i++) {
+      await onB.publishAsync(topics.device(2, "readings"), `probe${i}`, { qos: 1 });
+      await waitFor("probe", () => got.length > 0, 200).catch(() => undefined);
+    }
+    expect(got.length).toBeGreaterThan(0);
+    await onB.publishAsync(topics.bridge("info"), '{"version":"x"}', { qos: 1, retain: true });
+    const late = await connect(a.url);
+    const retained = record(late);
+    await subscribe(late, topics.bridge("info"));
+    await waitFor("retained message stored through B, read through A", () => retained.length === 1);
+    await Promise.all([onA.endAsync(), onB.endAsync(), late.endAsync()]);
+  });
+
+  it("refuses to start when Redis cannot be reached, with one clear error", async () => {
+    await expect(
+      startBroker({ port: 0, allowAnonymous: true, redis: "redis://127.0.0.1:1/0", sysInterval: 0 }),
+    ).rejects.toMatchObject({
+      code: "BROKER_ERR_REDIS",
+      message: expect.stringMatching(/cannot reach Redis.*ECONNREFUSED/),
+    });
+  });
+});
