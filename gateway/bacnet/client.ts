@@ -167,6 +167,12 @@ export class BacnetClient extends EventEmitter {
         s.off("error", onError);
         s.on("error", (err) => this.opts.log.warn({ err }, "udp socket error"));
         s.setBroadcast(true);
+        try {
+          // I-Am storms from large sites arrive in bursts; the OS caps this at its own maximum.
+          s.setRecvBufferSize(4 * 1024 * 1024);
+        } catch {
+          // not permitted here: keep the default buffer
+        }
         s.on("message", (msg, rinfo) => this.onDatagram(msg, rinfo.address, rinfo.port));
         resolve(s);
       });
