@@ -496,7 +496,9 @@ export class RawClient {
       }
       frame = await this.next(isReply);
     }
-    throw new Error(`segmented reply to invoke id ${invokeId} stopped after ${parts.length} segment(s)`);
+    throw new Error(
+      `segmented reply to invoke id ${invokeId} stopped after ${parts.length} segment(s); first ${first.body.subarray(0, 8).toString("hex")}, seen ${JSON.stringify(policy.seen ?? [])}`,
+    );
   }
 
   close(): Promise<void> {
