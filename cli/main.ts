@@ -7,6 +7,10 @@ type Loader = () => Promise<CommandSpec>;
 
 /** Command name → loader. Add a line here when a command lands. */
 export const COMMANDS: Record<string, { summary: string; load: Loader }> = {
+  simulate: {
+    summary: "Run simulated BACnet/IP devices and routers (tests, benchmarks, demos)",
+    load: async () => (await import("../simulator/cli.ts")).simulateCommand,
+  },
   interfaces: {
     summary: "List network interfaces with address, netmask and broadcast",
     load: async () => (await import("../gateway/bacnet/cli.ts")).interfacesCommand,
@@ -23,10 +27,6 @@ export const COMMANDS: Record<string, { summary: string; load: Loader }> = {
     summary: "Write a point's present-value at a priority (null relinquishes) and read it back",
     load: async () => (await import("../gateway/bacnet/cli.ts")).writeCommand,
   },
-  simulate: {
-    summary: "Run simulated BACnet/IP devices and routers (tests, benchmarks, demos)",
-    load: async () => (await import("../simulator/cli.ts")).simulateCommand,
-  },
   api: {
     summary: "Run the REST API and web console (commands relayed to gateways over MQTT)",
     load: async () => (await import("../api/cli.ts")).apiCommand,
@@ -39,6 +39,10 @@ export const COMMANDS: Record<string, { summary: string; load: Loader }> = {
     summary: "Print the JSON Schema of every MQTT payload",
     load: async () => (await import("./schema.ts")).schemaCommand,
   },
+  doctor: {
+    summary: "Check interfaces, UDP 47808, BACnet devices, the broker, the api and the database",
+    load: async () => (await import("../gateway/doctor.ts")).doctorCommand,
+  },
   gateway: {
     summary: "Run the BACnet/IP → MQTT gateway (discovery, polling, COV, writes, store-and-forward)",
     load: async () => (await import("../gateway/cli.ts")).gatewayCommand,
@@ -46,6 +50,10 @@ export const COMMANDS: Record<string, { summary: string; load: Loader }> = {
   broker: {
     summary: "Run the MQTT broker (aedes: TCP, WebSocket, optional TLS, users and ACLs)",
     load: async () => (await import("../broker/cli.ts")).brokerCommand,
+  },
+  migrate: {
+    summary: "Create or upgrade the storage schema (TimescaleDB or plain PostgreSQL) and its policies",
+    load: async () => (await import("../ingest/cli.ts")).migrateCommand,
   },
   "broker-user": {
     summary: "Add, update or remove a user in a broker users file",
