@@ -80,6 +80,8 @@ interface ClientContext {
   identity: Identity;
   rules: AclRules;
   bucket?: TokenBucket;
+  /** Publishes currently held back by the rate limit. */
+  held?: number;
 }
 
 interface PacketParser {
@@ -370,7 +372,33 @@ export class MqttBroker {
     stats.messagesReceived++;
     if (decision.action === "pass") return done(null);
     stats.held();
-    setTimeout(() => done(null), decision.ms);
+    this.hold(client, ctx, decision.ms, () => done(null));
+  }
+
+  /**
+   * Delays one publish and stops reading from the client meanwhile, so the kernel's TCP window
+   * pushes back on it. aedes counts the packets of a read batch in `_parsingBatch` and reads on
+   * when it reaches 0; while paused it ignores socket events, so on resume the count is set so that
+   * exactly one read follows.
+   */
+  private hold(client: Client, ctx: ClientContext, ms: number, release: () => void): void {
+    const c = client as unknown as {
+      pause?(): void;
+      resume?(): void;
+      _parsingBatch?: number;
+      closed: boolean;
+    };
+    const canPause = typeof c.pause === "function" && typeof c.resume === "function" && "_parsingBatch" in c;
+    ctx.held = (ctx.held ?? 0) + 1;
+    if (canPause && ctx.held === 1) c.pause?.();
+    setTimeout(() => {
+      ctx.held = (ctx.held ?? 1) - 1;
+      release();
+      if (canPause && ctx.held === 0 && !c.closed) {
+        c._parsingBatch = 1;
+        c.resume?.();
+      }
+    }, ms);
   }
 
   private authorizeSubscribe(

@@ -111,6 +111,25 @@ describe("rate limit", () => {
     await Promise.all([pub.endAsync(), w.client.endAsync()]);
   });
 
+  it("holds a client that keeps publishing above the rate to the rate, without cutting it", async () => {
+    const topic = `${uniqueId("steady")}/x`;
+    const w = await watcher(topic);
+    const pub = await connect(broker.url);
+    const count = 3 * RATE;
+    const started = performance.now();
+    // Windows of 5 unacknowledged publishes, as a gateway replaying its buffer would send them.
+    for (let i = 0; i < count; i += 5)
+      await Promise.all(
+        Array.from({ length: 5 }, (_, k) => pub.publishAsync(topic, `s${i + k}`, { qos: 1 })),
+      );
+    await waitFor("all messages", () => w.messages.length >= count);
+    const elapsed = performance.now() - started;
+    expect(w.messages.map((m) => m.payload)).toEqual(Array.from({ length: count }, (_, i) => `s${i}`));
+    expect(pub.connected).toBe(true);
+    expect(elapsed).toBeGreaterThanOrEqual(((count - BURST - 1) * 1000) / RATE);
+    await Promise.all([pub.endAsync(), w.client.endAsync()]);
+  });
+
   it("cuts a client that floods far past the rate", async () => {
     const topic = `${uniqueId("flood")}/x`;
     const w = await watcher(topic);
