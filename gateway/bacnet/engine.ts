@@ -326,6 +326,9 @@ export class Engine extends EventEmitter implements BacnetEngine {
             // A unicast global Who-Is asks a router at that address to forward it to its networks.
             if (global) client.sendApdu({ ip: t.ip, port: t.port, network: 0xffff }, apdu, false);
             sent++;
+            // Pace long target lists: the answers come back while we send, and a burst of
+            // thousands of I-Am would overflow the receive buffer.
+            if (sent % 16 === 0) await new Promise((r) => setImmediate(r));
           }
           progress("whois");
           // Pace chunks so a large site answers in waves rather than one I-Am storm.
