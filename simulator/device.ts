@@ -331,9 +331,8 @@ export class SimDevice {
     if (end - offset < 4) throw new DecodeError("truncated confirmed request");
     const flags = buf[offset] as number;
     const invokeId = buf[offset + 2] as number;
-    const key = `${peerKey(peer)}#${invokeId}`;
     // A retransmitted request while we are still sending its segmented answer is a duplicate.
-    if (this.segmented.has(key)) return;
+    if (this.segmented.size > 0 && this.segmented.has(`${peerKey(peer)}#${invokeId}`)) return;
     if (flags & 0x08) {
       // Segmented requests: we advertise segmented-transmit only (clause 5.4.5.1).
       this.sendAbort(peer, invokeId, AbortReason.segmentationNotSupported);

@@ -24,6 +24,8 @@ export interface NodeCounters {
   datagramsReceived: number;
   datagramsSent: number;
   sendErrors: number;
+  /** Exceptions other than DecodeError while handling a datagram: simulator bugs, never expected. */
+  internalErrors: number;
 }
 
 export interface NodeOptions {
@@ -122,7 +124,10 @@ export class BipNode implements DeviceTransport {
     } catch (err) {
       this.counters.malformed++;
       this.counters.dropped++;
-      if (!(err instanceof DecodeError)) this.opts.log.debug({ err }, "datagram handling failed");
+      if (!(err instanceof DecodeError)) {
+        this.counters.internalErrors++;
+        this.opts.log.warn({ err }, "datagram handling failed");
+      }
     }
   }
 

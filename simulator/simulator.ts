@@ -78,6 +78,8 @@ export interface SimulatorStats {
   segmentsSent: number;
   datagramsReceived: number;
   datagramsSent: number;
+  /** Handler exceptions that were not malformed input (bugs); counted in `dropped` too. */
+  internalErrors: number;
   /** Requests received per second over the last full second. */
   requestRate: number;
 }
@@ -214,6 +216,7 @@ export async function startSimulator(config: SimulatorConfig): Promise<Simulator
     datagramsReceived: 0,
     datagramsSent: 0,
     sendErrors: 0,
+    internalErrors: 0,
   };
   const nodes: BipNode[] = [];
   const devices = new Map<
@@ -316,6 +319,7 @@ export async function startSimulator(config: SimulatorConfig): Promise<Simulator
       segmentsSent: deviceCounters.segmentsSent,
       datagramsReceived: nodeCounters.datagramsReceived,
       datagramsSent: nodeCounters.datagramsSent,
+      internalErrors: nodeCounters.internalErrors,
       requestRate,
     }),
     close: async () => {

@@ -268,6 +268,7 @@ describe("malformed input", () => {
     expect(sent).toBe(100_000);
     const s = sim.stats();
     expect(s.malformed).toBeGreaterThan(1000);
+    expect(s.internalErrors).toBe(0);
     expect(s.datagramsReceived - start).toBeGreaterThan(90_000);
     client.inbox.length = 0;
     // A fresh socket: replies to fuzzed requests (segment retransmissions too) still go to the old one.
