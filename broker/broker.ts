@@ -144,6 +144,14 @@ export class MqttBroker {
         cert: await pem(this.options.tls.cert, "certificate"),
         key: await pem(this.options.tls.key, "key"),
       };
+      if (tlsOptions) {
+        // Fails here, with one clear line, for a file that is not PEM or a key that does not fit.
+        try {
+          tls.createSecureContext(tlsOptions);
+        } catch (err) {
+          throw new CodedError("BROKER_ERR_TLS", `TLS certificate or key not usable: ${errorMessage(err)}`);
+        }
+      }
       this.aedes = await Aedes.createBroker({
         id: this.options.id ?? `bacmqtt-${randomUUID().slice(0, 8)}`,
         ...(this.redis ? { persistence: this.redis.persistence, mq: this.redis.mq } : {}),

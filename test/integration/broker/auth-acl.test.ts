@@ -129,6 +129,31 @@ describe("gateway role", () => {
     expect(logLines.some((l) => l.reason === "acl" && l.topic === gw2.bridge("state"))).toBe(true);
   });
 
+  it("has its last will published on its own topic, never on another gateway's", async () => {
+    const own = {
+      topic: gw1.bridge("state"),
+      payload: Buffer.from("own-will"),
+      qos: 1 as const,
+      retain: false,
+    };
+    const foreign = {
+      topic: gw2.bridge("state"),
+      payload: Buffer.from("foreign-will"),
+      qos: 1 as const,
+      retain: false,
+    };
+    for (const will of [foreign, own]) {
+      const client = await connect(broker.url, { username: "gw1", password: PASSWORDS.gw1, will });
+      const gone = closed(client);
+      (client.stream as unknown as { destroy(): void }).destroy();
+      await gone;
+    }
+    await waitFor("own will", () => seen.some((m) => m.payload === "own-will"));
+    await admin.publishAsync("marker", "after-wills", { qos: 1 });
+    await waitFor("marker", () => seen.some((m) => m.payload === "after-wills"));
+    expect(seen.some((m) => m.payload === "foreign-will")).toBe(false);
+  });
+
   it("subscribes to its own requests only", async () => {
     const granted = await grantedTo("gw1", [
       gw1.requestFilter(),

@@ -166,6 +166,39 @@ describe("bacmqtt broker", { timeout: 60_000 }, () => {
     ]);
   });
 
+  it("reports an unreadable or unusable TLS certificate on one line and exits 1", async () => {
+    const missing = await cli([
+      "broker",
+      "--port",
+      "0",
+      "--allow-anonymous",
+      ...off,
+      "--tls-cert",
+      path.join(dir, "no.pem"),
+      "--tls-key",
+      path.join(dir, "no.key"),
+    ]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr.trim().split("\n")).toHaveLength(1);
+    expect(missing.stderr).toMatch(/BROKER_ERR_TLS: cannot read TLS certificate .*no\.pem/);
+    const junk = path.join(dir, "junk.pem");
+    writeFileSync(junk, "not a certificate\n");
+    const bad = await cli([
+      "broker",
+      "--port",
+      "0",
+      "--allow-anonymous",
+      ...off,
+      "--tls-cert",
+      junk,
+      "--tls-key",
+      junk,
+    ]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr.trim().split("\n")).toHaveLength(1);
+    expect(bad.stderr).toMatch(/BROKER_ERR_TLS: TLS certificate or key not usable/);
+  });
+
   it("lists every bad option at once", async () => {
     const res = await cli(["broker", "--port", "abc", "--max-topic-depth", "0", "--tls-cert", "x.pem"]);
     expect(res.code).toBe(1);
