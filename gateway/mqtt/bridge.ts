@@ -30,6 +30,13 @@ import type { DiskBuffer } from "./buffer.ts";
 import type { GatewayMqtt } from "./client.ts";
 
 const DEVICES_COALESCE_MS = 250;
+/**
+ * Readings polled before the first connection are held in memory this long (or up to this many
+ * messages) rather than written to the buffer: with the broker reachable they go out live, not as
+ * "historical" replays. If the broker does not answer in time they go to the buffer.
+ */
+const STARTUP_GRACE_MS = 5000;
+const STARTUP_HOLD_MAX = 5000;
 
 export interface DeviceEntry {
   instance: number;
@@ -63,6 +70,8 @@ export class Bridge {
   private readonly startedAt: Date;
   private healthTimer: NodeJS.Timeout | undefined;
   private devicesTimer: NodeJS.Timeout | undefined;
+  private startupHold: DeviceReadingsPayload[] | null = [];
+  private startupTimer: NodeJS.Timeout | undefined;
   private readonly covBatches = new Map<number, { readings: ReadingPayload[]; timer: NodeJS.Timeout }>();
   private readonly pendingRemovals = new Map<number, string>();
   private draining: Promise<void> | undefined;
@@ -125,7 +134,16 @@ export class Bridge {
       }),
     );
     on("error", (err: Error) => this.log.warn({ err: err.message }, "engine error"));
-    this.mqtt.on("online", () => void this.birth().then(() => this.kickDrain()));
+    this.mqtt.on(
+      "online",
+      () =>
+        void this.birth().then(() => {
+          this.releaseStartupHold(true);
+          this.kickDrain();
+        }),
+    );
+    this.startupTimer = setTimeout(() => this.releaseStartupHold(false), STARTUP_GRACE_MS);
+    this.startupTimer.unref?.();
     // Only the request filter is subscribed; the dispatcher parses and checks each topic.
     this.mqtt.on("message", (topic, payload) => this.onRequest?.(topic, payload));
     this.healthTimer = setInterval(
@@ -137,6 +155,7 @@ export class Bridge {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.releaseStartupHold(false);
     if (this.healthTimer) clearInterval(this.healthTimer);
     if (this.devicesTimer) clearTimeout(this.devicesTimer);
     for (const [event, listener] of this.listeners) this.engine.off(event as never, listener as never);
@@ -414,15 +433,38 @@ export class Bridge {
     this.sendReadings({ device, source: "cov", readings: batch.readings });
   }
 
+  /** Ends the startup hold: live when connected with nothing older buffered, else to the buffer. */
+  private releaseStartupHold(connected: boolean): void {
+    const held = this.startupHold;
+    if (held === null) return;
+    this.startupHold = null;
+    if (this.startupTimer) clearTimeout(this.startupTimer);
+    const live = connected && this.buffer.depth === 0 && this.draining === undefined;
+    for (const payload of held) {
+      const topic = Topics.deviceRel(payload.device, "readings");
+      if (live) void this.publishLive(topic, payload);
+      else this.toBuffer(topic, payload);
+    }
+  }
+
+  private publishLive(topic: string, payload: DeviceReadingsPayload): Promise<void> {
+    return this.mqtt.publish(topic, payload, TOPIC_QOS.readings).then((ok) => {
+      if (!ok) this.toBuffer(topic, payload);
+    });
+  }
+
   private sendReadings(payload: DeviceReadingsPayload): void {
     this.counters.readingsMessages += 1;
     this.counters.readingsValues += payload.readings.length;
+    if (this.startupHold !== null) {
+      this.startupHold.push(payload);
+      if (this.startupHold.length >= STARTUP_HOLD_MAX) this.releaseStartupHold(this.mqtt.connected);
+      return;
+    }
     const topic = Topics.deviceRel(payload.device, "readings");
     // Order matters: once anything waits in the buffer, new readings queue behind it.
     if (this.mqtt.connected && this.buffer.depth === 0 && this.draining === undefined) {
-      void this.mqtt.publish(topic, payload, TOPIC_QOS.readings).then((ok) => {
-        if (!ok) this.toBuffer(topic, payload);
-      });
+      void this.publishLive(topic, payload);
     } else {
       this.toBuffer(topic, payload);
     }
@@ -430,7 +472,7 @@ export class Bridge {
 
   private toBuffer(topic: string, payload: DeviceReadingsPayload): void {
     try {
-      this.buffer.append(topic, payload);
+      this.buffer.append(topic, JSON.stringify(payload));
       this.counters.buffered += 1;
     } catch (err) {
       this.log.error({ err: (err as Error).message }, "cannot buffer readings");
@@ -450,11 +492,8 @@ export class Bridge {
       do {
         this.drainAgain = false;
         const sent = await this.buffer.drain(
-          (topic, payload) =>
-            this.mqtt.publishAcked(
-              topic,
-              JSON.stringify({ ...(payload as DeviceReadingsPayload), historical: true }),
-            ),
+          // Marked historical without re-parsing: the body is a JSON object as buffered.
+          (topic, body) => this.mqtt.publishAcked(topic, `{"historical":true,${body.slice(1)}`),
           { shouldStop: () => !this.mqtt.connected },
         );
         if (sent > 0) this.log.info({ sent, left: this.buffer.depth }, "buffer replayed");

@@ -1,6 +1,6 @@
 // Store-and-forward buffer: readings that could not be published go to append-only segment files
 // on disk and are replayed in order once the broker is back. Crash-safe without native code:
-// - a record is one JSON line, written with a synchronous write (it survives SIGKILL of the process
+// - a record is one line `<ms>\t<topic>\t<JSON body>`, written with a synchronous write (it survives SIGKILL of the process
 //   as soon as append() returns; `fsync` adds power-loss safety per the configured policy);
 // - a torn last line (power loss mid-write) is cut off at open;
 // - the replay position is a small cursor file replaced atomically (write + rename), advanced only
@@ -41,7 +41,8 @@ export interface BufferedRecord {
   /** When it was buffered, ms since epoch. */
   t: number;
   topic: string;
-  payload: unknown;
+  /** The message body as published (JSON text, one line). */
+  body: string;
 }
 
 interface Position {
@@ -129,11 +130,9 @@ export class DiskBuffer {
       const buf = Buffer.from(text);
       let records = 0;
       let consumed = 0;
-      for (let i = 0; i < usable; i++) {
-        if (buf[i] === 0x0a) {
-          records += 1;
-          if (seq === this.cursor.seg && i < this.cursor.off) consumed += 1;
-        }
+      for (let i = buf.indexOf(0x0a); i >= 0 && i < usable; i = buf.indexOf(0x0a, i + 1)) {
+        records += 1;
+        if (seq === this.cursor.seg && i < this.cursor.off) consumed += 1;
       }
       this.segments.push({ seq, bytes: usable, records });
       if (seq === this.cursor.seg) this.consumedInHead = consumed;
@@ -156,9 +155,10 @@ export class DiskBuffer {
   }
 
   /** Appends one record; synchronous so that it is in the OS before the caller goes on. */
-  append(topic: string, payload: unknown): void {
+  append(topic: string, body: string): void {
     if (this.fd === undefined) throw new Error("buffer is not open");
-    const line = `${JSON.stringify({ t: this.now(), topic, payload })}\n`;
+    if (body.includes("\n") || topic.includes("\t")) throw new Error("a buffered record must be one line");
+    const line = `${this.now()}\t${topic}\t${body}\n`;
     const bytes = Buffer.byteLength(line);
     let active = this.segments.at(-1) as Segment;
     if (active.bytes > 0 && active.bytes + bytes > this.o.segmentBytes) active = this.rotate();
@@ -186,6 +186,7 @@ export class DiskBuffer {
   /** Drops whole oldest segments while over the size limit (never the one being written). */
   private enforceSize(): void {
     let total = this.bytes;
+    let droppedNow = false;
     while (total > this.o.maxBytes && this.segments.length > 1) {
       const oldest = this.segments.shift() as Segment;
       const lost = oldest.records - (oldest.seq === this.cursor.seg ? this.consumedInHead : 0);
@@ -196,8 +197,9 @@ export class DiskBuffer {
       this.consumedInHead = 0;
       this.pending -= lost;
       this.drop("max_bytes", lost);
+      droppedNow = true;
     }
-    if (this.stats.dropped > 0) this.saveCursor();
+    if (droppedNow) this.saveCursor();
   }
 
   private drop(reason: "max_bytes" | "max_age" | "corrupt", records: number): void {
@@ -229,36 +231,23 @@ export class DiskBuffer {
         closeSync(fd);
       }
       let start = 0;
-      let progressed = false;
-      for (let i = 0; i < length && out.length < max; i++) {
-        if (buf[i] !== 0x0a) continue;
-        const end = { seg: seg.seq, off: pos.off + i + 1 };
-        progressed = true;
-        let rec: BufferedRecord | undefined;
-        try {
-          rec = JSON.parse(buf.subarray(start, i).toString("utf8")) as BufferedRecord;
-        } catch {
-          rec = undefined;
-        }
-        out.push(
-          rec && typeof rec.topic === "string"
-            ? { t: rec.t, topic: rec.topic, payload: rec.payload, end }
-            : { t: 0, topic: "", payload: undefined, end },
-        );
-        start = i + 1;
+      while (out.length < max) {
+        const nl = buf.indexOf(0x0a, start);
+        if (nl < 0) break;
+        out.push({
+          ...parseLine(buf.toString("utf8", start, nl)),
+          end: { seg: seg.seq, off: pos.off + nl + 1 },
+        });
+        start = nl + 1;
       }
+      const progressed = start > 0;
       if (!progressed) {
         // A record longer than the read chunk: read it whole.
         const whole = readFileSync(this.file(seg.seq)).subarray(pos.off, seg.bytes);
         const nl = whole.indexOf(0x0a);
         if (nl < 0) break;
         const end = { seg: seg.seq, off: pos.off + nl + 1 };
-        try {
-          const rec = JSON.parse(whole.subarray(0, nl).toString("utf8")) as BufferedRecord;
-          out.push({ t: rec.t, topic: rec.topic, payload: rec.payload, end });
-        } catch {
-          out.push({ t: 0, topic: "", payload: undefined, end });
-        }
+        out.push({ ...parseLine(whole.subarray(0, nl).toString("utf8")), end });
       }
       pos = (out.at(-1) as ReadRecord).end;
     }
@@ -266,7 +255,7 @@ export class DiskBuffer {
   }
 
   /** Marks everything up to `end` as delivered (in order). `records` is how many that covers. */
-  ack(end: Position, records: number): void {
+  ack(end: Position, records: number, persist = true): void {
     if (end.seg < this.cursor.seg || (end.seg === this.cursor.seg && end.off <= this.cursor.off)) return;
     let left = records;
     let consumed = this.consumedInHead;
@@ -281,7 +270,7 @@ export class DiskBuffer {
     this.consumedInHead = consumed + Math.max(0, left);
     const head = this.segments[0] as Segment;
     if (this.pending === 0 && head.bytes === end.off && this.segments.length === 1) this.reset();
-    else this.saveCursor();
+    else if (persist) this.saveCursor();
   }
 
   /** Everything delivered: start a fresh segment so that disk space is returned at once. */
@@ -305,56 +294,76 @@ export class DiskBuffer {
 
   /**
    * Replays pending records in order through `publish` (which must resolve only once the broker
-   * acknowledged), up to `window` in flight. Expired records are skipped and counted. Stops when
-   * `publish` rejects or `shouldStop()` says so; the cursor only moves over acknowledged records.
+   * acknowledged), keeping up to `window` in flight. Expired and unreadable records are skipped and
+   * counted. Stops when a publish fails or `shouldStop()` says so; the cursor only moves over the
+   * acknowledged prefix, so what was not acknowledged is sent again by the next drain.
    */
   async drain(
-    publish: (topic: string, payload: unknown) => Promise<void>,
+    publish: (topic: string, body: string) => Promise<void>,
     options: { window?: number; shouldStop?: () => boolean } = {},
   ): Promise<number> {
-    const window = options.window ?? 64;
+    const window = Math.max(1, options.window ?? 1024);
+    const inflight: { done: Promise<boolean>; end: Position; count: number }[] = [];
+    let readPos: Position = this.cursor;
     let delivered = 0;
-    let from: Position = this.cursor;
-    while (!options.shouldStop?.()) {
-      const batch = this.read(window, from);
-      if (batch.length === 0) break;
+    let failed = false;
+    let sinceSave = 0;
+    let expired = 0;
+    let corrupt = 0;
+    const settleOldest = async () => {
+      const f = inflight.shift() as (typeof inflight)[number];
+      if (!(await f.done)) {
+        failed = true;
+        return;
+      }
+      this.ack(f.end, f.count, false);
+      delivered += 1;
+      this.stats.replayed += 1;
+      sinceSave += f.count;
+      if (sinceSave >= 256) {
+        this.saveCursor();
+        sinceSave = 0;
+      }
+    };
+    while (!failed) {
+      if (options.shouldStop?.()) break;
+      const room = window - inflight.length;
+      const batch = room >= window / 2 || inflight.length === 0 ? this.read(room, readPos) : [];
+      if (batch.length === 0) {
+        if (inflight.length === 0) break;
+        await settleOldest();
+        continue;
+      }
       const oldest = this.now() - this.o.maxAgeS * 1000;
-      let expired = 0;
-      let corrupt = 0;
-      const sends: Promise<void>[] = [];
       for (const rec of batch) {
-        if (!rec.topic) corrupt += 1;
-        else if (rec.t < oldest) expired += 1;
-        else sends.push(publish(rec.topic, rec.payload));
-      }
-      const results = await Promise.allSettled(sends);
-      const firstFail = results.findIndex((r) => r.status === "rejected");
-      if (firstFail >= 0) {
-        // Acknowledge the contiguous delivered prefix only; the rest is sent again next time.
-        let sent = 0;
-        let count = 0;
-        let end: Position | undefined;
-        for (const rec of batch) {
-          const isSend = rec.topic && rec.t >= oldest;
-          if (isSend) {
-            if (sent === firstFail) break;
-            sent += 1;
-          }
-          count += 1;
-          end = rec.end;
+        readPos = rec.end;
+        const skip = !rec.topic ? "corrupt" : rec.t < oldest ? "expired" : undefined;
+        if (skip) {
+          if (skip === "corrupt") corrupt += 1;
+          else expired += 1;
+          // Acknowledged together with the record before it (or at once when nothing is in flight).
+          const last = inflight.at(-1);
+          if (last) {
+            last.end = rec.end;
+            last.count += 1;
+          } else this.ack(rec.end, 1, false);
+          continue;
         }
-        if (end) this.ack(end, count);
-        delivered += firstFail;
-        this.stats.replayed += firstFail;
-        break;
+        inflight.push({
+          done: publish(rec.topic, rec.body).then(
+            () => true,
+            () => false,
+          ),
+          end: rec.end,
+          count: 1,
+        });
       }
-      this.ack((batch.at(-1) as ReadRecord).end, batch.length);
-      this.drop("max_age", expired);
-      this.drop("corrupt", corrupt);
-      delivered += sends.length;
-      this.stats.replayed += sends.length;
-      from = this.cursor;
+      while (inflight.length >= window && !failed) await settleOldest();
     }
+    while (inflight.length > 0 && !failed && !options.shouldStop?.()) await settleOldest();
+    this.saveCursor();
+    this.drop("max_age", expired);
+    this.drop("corrupt", corrupt);
     return delivered;
   }
 
@@ -381,4 +390,15 @@ export class DiskBuffer {
   segmentFiles(): string[] {
     return this.segments.map((s) => this.file(s.seq)).filter((f) => statSync(f, { throwIfNoEntry: false }));
   }
+}
+
+/** A record line; an unreadable one comes back with an empty topic (counted as corrupt). */
+function parseLine(line: string): BufferedRecord {
+  const a = line.indexOf("\t");
+  const b = a < 0 ? -1 : line.indexOf("\t", a + 1);
+  const t = Number(line.slice(0, a));
+  const body = line.slice(b + 1);
+  if (a < 1 || b < 0 || !Number.isFinite(t) || b === a + 1 || !body.startsWith("{") || !body.endsWith("}"))
+    return { t: 0, topic: "", body: "" };
+  return { t, topic: line.slice(a + 1, b), body };
 }

@@ -131,8 +131,23 @@ export class GatewayMqtt extends EventEmitter<GatewayMqttEvents> {
     this.seq += 1;
     this.writeSeq(this.seq);
     if (this.client) this.client.options.will = this.will();
+    this.failInFlight();
     this.log.warn({ next_bd_seq: this.seq }, "mqtt connection lost");
     this.emit("offline");
+  }
+
+  /**
+   * Publishes still waiting for their PUBACK would be re-sent from this process's memory after the
+   * reconnect, and lost with it if the process dies first. Failing them now hands them back to their
+   * callers: readings then go to the disk buffer (replayed in order), state is re-sent at the birth.
+   */
+  private failInFlight(): void {
+    const client = this.client as unknown as { outgoing?: Record<string, unknown> } | undefined;
+    if (!client?.outgoing) return;
+    const ids = Object.keys(client.outgoing)
+      .map(Number)
+      .sort((a, b) => a - b);
+    for (const id of ids) this.client?.removeOutgoingMessage(id);
   }
 
   private readSeq(): number {

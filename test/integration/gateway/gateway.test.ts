@@ -84,7 +84,7 @@ async function start(brokerUrl: string, extra: GatewayConfigInput = {}, mqttUrl 
   cleanups.push(() => clearRetained(brokerUrl, `${base}/#`));
   const gw = await startGateway(gatewayConfig(mqttUrl, base, tmp.dir, extra));
   cleanups.push(() => gw.stop());
-  await rec.waitFor((m) => m.some((x) => x.topic === `${root}/bridge/devices`), "birth");
+  await rec.waitFor((m) => m.some((x) => x.topic === `${root}/bridge/health`), "birth");
   return { gw, rec, root, brokerUrl };
 }
 

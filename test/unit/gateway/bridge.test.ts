@@ -57,7 +57,7 @@ afterEach(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function make(throttleMs = 1000, covBatchMs = 0) {
+async function make(throttleMs = 1000, covBatchMs = 0, connect = true) {
   const engine = new FakeEngine();
   const mqtt = new MqttRecorder();
   const config = resolveConfig({
@@ -75,6 +75,10 @@ function make(throttleMs = 1000, covBatchMs = 0) {
   const c = catalogue(1001, 2);
   engine.manage(c);
   bridge.setCatalogue(c);
+  if (connect) {
+    mqtt.emit("online", 1);
+    await vi.advanceTimersByTimeAsync(0);
+  }
   mqtt.sent.length = 0;
   return { engine, mqtt, bridge };
 }
@@ -83,7 +87,7 @@ const reading = (point: string, value: number, ts: string) => ({ point, value, t
 
 describe("Bridge", () => {
   it("throttles {device}/state: first at once, then one per period with the latest values", async () => {
-    const { engine, mqtt, bridge } = make(1000);
+    const { engine, mqtt, bridge } = await make(1000);
     const states = () => mqtt.sent.filter((m) => m.topic === "1001/state").map((m) => m.payload);
     engine.emit("readings", 1001, [reading("analog_output_1", 1, "2026-11-27T08:00:00.000Z")], "poll");
     expect(states()).toEqual([{ timestamp: "2026-11-27T08:00:00.000Z", values: { analog_output_1: 1 } }]);
@@ -108,7 +112,7 @@ describe("Bridge", () => {
   });
 
   it("turns a COV burst into one readings message, flushed before the next poll cycle", async () => {
-    const { engine, mqtt, bridge } = make(0, 100);
+    const { engine, mqtt, bridge } = await make(0, 100);
     const readings = () => mqtt.sent.filter((m) => m.topic === "1001/readings").map((m) => m.payload);
     engine.emit("readings", 1001, [reading("analog_output_1", 1, "2026-11-27T08:00:00.000Z")], "cov");
     await vi.advanceTimersByTimeAsync(40);
@@ -134,8 +138,36 @@ describe("Bridge", () => {
     await bridge.stop();
   });
 
+  it("holds readings polled before the first connection and sends them live once connected", async () => {
+    const { engine, mqtt, bridge } = await make(0, 0, false);
+    engine.emit("readings", 1001, [reading("analog_output_1", 1, "2026-11-27T08:00:00.000Z")], "poll");
+    expect(buffer.depth).toBe(0);
+    mqtt.emit("online", 1);
+    await vi.advanceTimersByTimeAsync(0);
+    const sent = mqtt.sent.map((m) => m.topic);
+    // Birth first, then the held readings, live (not historical).
+    expect(sent.indexOf("1001/readings")).toBeGreaterThan(sent.indexOf("bridge/devices"));
+    expect(mqtt.sent.find((m) => m.topic === "1001/readings")?.payload).toEqual({
+      device: 1001,
+      source: "poll",
+      readings: [reading("analog_output_1", 1, "2026-11-27T08:00:00.000Z")],
+    });
+    await bridge.stop();
+  });
+
+  it("moves held readings to the buffer when the broker does not answer within the startup grace", async () => {
+    const { engine, mqtt, bridge } = await make(0, 0, false);
+    mqtt.connected = false;
+    engine.emit("readings", 1001, [reading("analog_output_1", 1, "2026-11-27T08:00:00.000Z")], "poll");
+    await vi.advanceTimersByTimeAsync(4999);
+    expect(buffer.depth).toBe(0);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(buffer.depth).toBe(1);
+    await bridge.stop();
+  });
+
   it("publishes availability changes retained, with an event", async () => {
-    const { engine, mqtt, bridge } = make();
+    const { engine, mqtt, bridge } = await make();
     engine.offline.add(1001);
     engine.emit("availability", 1001, "offline", "3 requests in a row timed out");
     await vi.advanceTimersByTimeAsync(0);
@@ -171,7 +203,7 @@ describe("Bridge", () => {
   });
 
   it("sends readings to the buffer while disconnected and replays them historical, in order, on reconnect", async () => {
-    const { engine, mqtt, bridge } = make();
+    const { engine, mqtt, bridge } = await make();
     mqtt.connected = false;
     for (let i = 0; i < 5; i++)
       engine.emit("readings", 1001, [reading("analog_output_1", i, `2026-11-27T08:00:0${i}.000Z`)], "poll");

@@ -60,7 +60,7 @@ async function setup(
     { engine },
   );
   cleanups.push(() => gw.stop());
-  await rec.waitFor((m) => m.some((x) => x.topic === `${root}/bridge/devices`), "birth");
+  await rec.waitFor((m) => m.some((x) => x.topic === `${root}/bridge/health`), "birth");
   return { broker, engine, gw, rec, root, dataDir };
 }
 
