@@ -199,7 +199,7 @@ const siteOverview: DashboardDef = {
         JOIN points p ON p.point_id = h.point_id
         WHERE $__timeFilter(h.bucket) AND p.gateway_id IN ($gateway)
         GROUP BY 1, 2
-        ORDER BY 1`,
+        ORDER BY 1, 2`,
     },
     {
       title: "Write activity",
@@ -387,7 +387,7 @@ const pointExplorer: DashboardDef = {
         FROM readings r
         JOIN points p ON p.point_id = r.point_id
         WHERE $__timeFilter(r.time) AND r.point_id IN ($point) AND r.value IS NOT NULL
-        ORDER BY 1
+        ORDER BY 1, 2
         LIMIT 100000`,
     },
     {
@@ -404,7 +404,7 @@ const pointExplorer: DashboardDef = {
         JOIN points p ON p.point_id = r.point_id
         WHERE $__timeFilter(r.time) AND r.point_id IN ($point)
         GROUP BY 1, 2
-        ORDER BY 1`,
+        ORDER BY 1, 2`,
     },
     {
       title: "Hourly rollup (avg, min, max)",
@@ -418,7 +418,7 @@ const pointExplorer: DashboardDef = {
         FROM readings_hourly h
         JOIN points p ON p.point_id = h.point_id
         WHERE $__timeFilter(h.bucket) AND h.point_id IN ($point)
-        ORDER BY 1`,
+        ORDER BY 1, 2`,
     },
     {
       title: "Daily rollup (avg, min, max)",
@@ -433,7 +433,7 @@ const pointExplorer: DashboardDef = {
         JOIN points p ON p.point_id = d.point_id
         WHERE d.bucket >= date_trunc('day', $__timeFrom()::timestamptz) AND d.bucket <= $__timeTo()
           AND d.point_id IN ($point)
-        ORDER BY 1`,
+        ORDER BY 1, 2`,
     },
     {
       title: "Statistics in range",
@@ -494,7 +494,7 @@ const gatewayHealth: DashboardDef = {
         JOIN points p ON p.point_id = h.point_id
         WHERE $__timeFilter(h.bucket) AND p.gateway_id IN ($gateway)
         GROUP BY 1, 2
-        ORDER BY 1`,
+        ORDER BY 1, 2`,
     },
     {
       title: "Devices going offline",
@@ -509,7 +509,7 @@ const gatewayHealth: DashboardDef = {
         FROM availability_events
         WHERE $__timeFilter(time) AND gateway_id IN ($gateway)
         GROUP BY 1, 2
-        ORDER BY 1`,
+        ORDER BY 1, 2`,
     },
     {
       title: "Data freshness per device",

@@ -14,10 +14,11 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
 import { DASHBOARDS, DATASOURCE, render } from "../../../dashboards/generate.ts";
-import { migrate } from "../../../ingest/migrate.ts";
+import { type Dialect, migrate } from "../../../ingest/migrate.ts";
+import { INSERT_READINGS } from "../../../ingest/writer.ts";
 import { createPostgresDatabase, type TestDatabase } from "../../support/db-postgres.ts";
 import { startWasmTimescale, type WasmTimescale } from "../../support/db-timescale.ts";
-import { exampleEnvWithSecrets, loadCompose, repoRoot } from "../../unit/deploy/compose-file.ts";
+import { exampleEnvWithSecrets, loadCompose, repoRoot, SECRETS } from "../../unit/deploy/compose-file.ts";
 import {
   dashboardsDir,
   type GrafanaDashboard,
@@ -182,9 +183,7 @@ describe("dashboards: provisioning format", () => {
   const providers = parseYaml(
     readFileSync(path.join(dashboardsDir, "provisioning/dashboards/bacmqtt.yaml"), "utf8"),
   );
-  const { compose, problems } = loadCompose(
-    exampleEnvWithSecrets({ POSTGRES_PASSWORD: "p", GRAFANA_ADMIN_PASSWORD: "a", GRAFANA_DB_PASSWORD: "r" }),
-  );
+  const { compose, problems } = loadCompose(exampleEnvWithSecrets(SECRETS));
   const grafana = compose.services.grafana;
 
   it("has the four dashboards of the issue, each file in sync with dashboards/generate.ts", () => {
@@ -439,21 +438,23 @@ async function runAllPanels(
   }
 }
 
-const insertRaw: ReadingWriter = async (client, rows) => {
-  for (let i = 0; i < rows.length; i += 1000) {
-    const chunk = rows.slice(i, i + 1000);
-    await client.query(
-      `INSERT INTO readings (time, point_id, value, value_text)
-       SELECT * FROM unnest($1::timestamptz[], $2::bigint[], $3::float8[], $4::text[])`,
-      [
+/** Writes readings with the ingest's own statement, so each dialect's rollups are maintained as in production. */
+function ingestWriter(dialect: Dialect): ReadingWriter {
+  return async (client, rows) => {
+    for (let i = 0; i < rows.length; i += 1000) {
+      const chunk = rows.slice(i, i + 1000);
+      await client.query(INSERT_READINGS[dialect], [
         chunk.map((r) => r.time),
         chunk.map((r) => r.point_id),
         chunk.map((r) => r.value),
         chunk.map((r) => r.value_text),
-      ],
-    );
-  }
-};
+        chunk.map(() => 0),
+        chunk.map(() => "good"),
+        chunk.map(() => false),
+      ]);
+    }
+  };
+}
 
 describe("dashboards: every panel's SQL on the portable dialect (local PostgreSQL, as the Grafana reader role)", () => {
   let db: TestDatabase;
@@ -467,7 +468,7 @@ describe("dashboards: every panel's SQL on the portable dialect (local PostgreSQ
     owner = new pg.Client({ connectionString: db.url });
     await owner.connect();
     await migrate(owner, { dialect: "portable" });
-    range = await seed(owner, await portableWriter(), end);
+    range = await seed(owner, ingestWriter("portable"), end);
     const u = new URL(db.url);
     execFileSync(path.join(repoRoot, "deploy/docker/grafana-reader.sh"), {
       env: {
@@ -525,7 +526,7 @@ describe("dashboards: every panel's SQL on the timescale dialect (TimescaleDB in
     client = new pg.Client({ connectionString: ts.url });
     await client.connect();
     await migrate(client, { dialect: "timescale" });
-    range = await seed(client, insertRaw, end);
+    range = await seed(client, ingestWriter("timescale"), end);
   }, 180_000);
 
   afterAll(async () => {
@@ -562,7 +563,3 @@ describe("dashboards: both dialects agree", () => {
     }
   });
 });
-
-async function portableWriter(): Promise<ReadingWriter> {
-  return insertRaw;
-}

@@ -10,6 +10,16 @@ export const repoRoot = fileURLToPath(new URL("../../../", import.meta.url));
 export const composePath = `${repoRoot}docker-compose.yml`;
 export const envExamplePath = `${repoRoot}.env.example`;
 
+/** Values a user puts in .env for the "Required." variables that .env.example leaves empty. */
+export const SECRETS = {
+  POSTGRES_PASSWORD: "pg-secret",
+  GRAFANA_ADMIN_PASSWORD: "admin-secret",
+  GRAFANA_DB_PASSWORD: "reader-secret",
+  MQTT_INGEST_PASSWORD: "ingest-secret",
+  MQTT_API_PASSWORD: "api-secret",
+  MQTT_GATEWAY_PASSWORD: "gateway-secret",
+};
+
 export interface EnvExampleEntry {
   value: string;
   /** The comment lines directly above the variable. */

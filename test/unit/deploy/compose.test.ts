@@ -19,6 +19,7 @@ import {
   readComposeText,
   readEnvExample,
   repoRoot,
+  SECRETS,
   variablesIn,
 } from "./compose-file.ts";
 
@@ -28,14 +29,6 @@ const composeSchemaPath = path.join(
   path.dirname(require.resolve("dclint/package.json")),
   "schemas/compose.schema.json",
 );
-export const SECRETS = {
-  POSTGRES_PASSWORD: "pg-secret",
-  GRAFANA_ADMIN_PASSWORD: "admin-secret",
-  GRAFANA_DB_PASSWORD: "reader-secret",
-  MQTT_INGEST_PASSWORD: "ingest-secret",
-  MQTT_API_PASSWORD: "api-secret",
-  MQTT_GATEWAY_PASSWORD: "gateway-secret",
-};
 
 function compileComposeSchema() {
   const schema = JSON.parse(readFileSync(composeSchemaPath, "utf8"));
