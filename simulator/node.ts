@@ -54,7 +54,7 @@ export class BipNode implements DeviceTransport {
   readonly routed = new Map<number, Map<number, SimDevice>>();
   readonly impairments = new Map<SimDevice, Impairment>();
   socket: dgram.Socket | undefined;
-  broadcastSocket: dgram.Socket | undefined;
+  readonly broadcastSockets: dgram.Socket[] = [];
   boundPort = 0;
   closed = false;
 
@@ -97,19 +97,23 @@ export class BipNode implements DeviceTransport {
     const bcast = this.opts.broadcastAddress;
     if (bcast && bcast !== this.opts.address && this.opts.address !== "0.0.0.0") {
       // Linux delivers a subnet broadcast only to sockets bound to that address or to 0.0.0.0, and
-      // to every such socket that set SO_REUSEADDR, so each device of the subnet gets its copy.
-      const b = dgram.createSocket({ type: "udp4", reuseAddr: true });
-      this.broadcastSocket = b;
-      b.on("message", (msg, rinfo) => this.onMessage(msg, rinfo.address, rinfo.port));
-      b.on("error", (err) => this.opts.log.warn({ err, address: bcast }, "broadcast socket error"));
-      await bind(b, this.boundPort, bcast);
+      // to every such socket that set SO_REUSEADDR, so each device of the subnet gets its copy. The
+      // limited broadcast 255.255.255.255 (what many tools send by default) needs its own socket.
+      const addresses = bcast === "255.255.255.255" ? [bcast] : [bcast, "255.255.255.255"];
+      for (const a of addresses) {
+        const b = dgram.createSocket({ type: "udp4", reuseAddr: true });
+        this.broadcastSockets.push(b);
+        b.on("message", (msg, rinfo) => this.onMessage(msg, rinfo.address, rinfo.port));
+        b.on("error", (err) => this.opts.log.warn({ err, address: a }, "broadcast socket error"));
+        await bind(b, this.boundPort, a);
+      }
     }
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.all([this.socket, this.broadcastSocket].map((s) => (s ? closeSocket(s) : undefined)));
+    await Promise.all([this.socket, ...this.broadcastSockets].map((s) => (s ? closeSocket(s) : undefined)));
   }
 
   // -------------------------------------------------------------------------------------------

@@ -510,7 +510,7 @@ export class RawClient {
 export function rpValues(data: Buffer): Item[] {
   const items = decodeItems(data);
   const open = items.find((i) => i.kind === "open" && i.tag === 3);
-  if (!open || open.kind !== "open") throw new Error("no [3] in ReadProperty-ACK");
+  if (open?.kind !== "open") throw new Error("no [3] in ReadProperty-ACK");
   return open.items;
 }
 
@@ -526,7 +526,7 @@ export function rpmResults(data: Buffer): RpmResult[] {
   for (let i = 0; i < items.length; i += 2) {
     const id = items[i];
     const list = items[i + 1];
-    if (!id || id.kind !== "ctx" || id.tag !== 0 || !list || list.kind !== "open" || list.tag !== 1)
+    if (id?.kind !== "ctx" || id.tag !== 0 || !list || list.kind !== "open" || list.tag !== 1)
       throw new Error("malformed ReadAccessResult");
     const results: RpmResult["results"] = [];
     let cur: RpmResult["results"][number] | undefined;
