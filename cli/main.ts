@@ -7,6 +7,10 @@ type Loader = () => Promise<CommandSpec>;
 
 /** Command name → loader. Add a line here when a command lands. */
 export const COMMANDS: Record<string, { summary: string; load: Loader }> = {
+  all: {
+    summary: "Run everything in one process (broker, gateway, ingest, api, console) on embedded defaults",
+    load: async () => (await import("./all.ts")).allCommand,
+  },
   simulate: {
     summary: "Run simulated BACnet/IP devices and routers (tests, benchmarks, demos)",
     load: async () => (await import("../simulator/cli.ts")).simulateCommand,
@@ -50,6 +54,10 @@ export const COMMANDS: Record<string, { summary: string; load: Loader }> = {
   broker: {
     summary: "Run the MQTT broker (aedes: TCP, WebSocket, optional TLS, users and ACLs)",
     load: async () => (await import("../broker/cli.ts")).brokerCommand,
+  },
+  ingest: {
+    summary: "Store readings, metadata and events from MQTT in PostgreSQL/TimescaleDB",
+    load: async () => (await import("../ingest/cli.ts")).ingestCommand,
   },
   migrate: {
     summary: "Create or upgrade the storage schema (TimescaleDB or plain PostgreSQL) and its policies",

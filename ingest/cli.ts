@@ -96,3 +96,108 @@ the database; a later run without them keeps them.`,
     }
   },
 });
+
+export const ingestCommand = defineCommand({
+  name: "ingest",
+  summary: "Store readings, metadata and events from MQTT in PostgreSQL/TimescaleDB",
+  description: `
+Subscribes with a persistent session (fixed client id, clean session off, QoS 1) and acknowledges each
+message only after its rows are committed: a database outage stalls ingest, it never drops readings.
+Runs the migrations first (idempotent). Several ingests can share the load with --share-group (MQTT
+shared subscriptions; each needs its own --client-id). Prometheus metrics on /metrics.`,
+  options: {
+    "mqtt-url": { type: "string", value: "URL", default: "mqtt://127.0.0.1:1883", description: "Broker URL" },
+    "mqtt-username": { type: "string", value: "USER", description: "Broker user name" },
+    "mqtt-password": { type: "string", value: "PASSWORD", description: "Broker password" },
+    "database-url": DATABASE_URL,
+    dialect: DIALECT,
+    "base-topic": {
+      type: "string",
+      value: "TOPIC",
+      default: "bacmqtt",
+      description: "Base topic of the gateways",
+    },
+    "client-id": {
+      type: "string",
+      value: "ID",
+      default: "bacmqtt-ingest",
+      description: "MQTT client id of the persistent session (distinct per replica)",
+    },
+    "share-group": {
+      type: "string",
+      value: "NAME",
+      description: "Share readings and events among the ingests of this group ($share/NAME/…)",
+    },
+    "batch-size": { type: "string", value: "N", default: "5000", description: "Commit when N readings wait" },
+    "batch-wait-ms": {
+      type: "string",
+      value: "MS",
+      default: "200",
+      description: "… or after MS milliseconds",
+    },
+    "pool-size": { type: "string", value: "N", default: "4", description: "Database connections" },
+    "metrics-host": { type: "string", value: "HOST", default: "0.0.0.0", description: "Address of /metrics" },
+    "metrics-port": {
+      type: "string",
+      value: "PORT",
+      default: "9465",
+      description: 'Port of /metrics (0 = any free port, "off" = no metrics server)',
+    },
+  },
+  examples: [
+    "bacmqtt ingest --mqtt-url mqtt://broker:1883 --database-url postgres://bacmqtt@db/bacmqtt",
+    "bacmqtt ingest --share-group ingest --client-id ingest-2",
+  ],
+  async run({ values }) {
+    const { intOption } = await import("../common/cli.ts");
+    const problems: string[] = [];
+    const dialect = dialectOption(values, problems);
+    const batchSize = intOption(values, "batch-size", problems, { min: 1, max: 100_000 });
+    const batchWaitMs = intOption(values, "batch-wait-ms", problems, { min: 1, max: 60_000 });
+    const poolSize = intOption(values, "pool-size", problems, { min: 1, max: 100 });
+    const metricsRaw = stringOption(values, "metrics-port") ?? "9465";
+    const metricsPort =
+      metricsRaw === "off" ? undefined : intOption({ p: metricsRaw }, "p", problems, { min: 0, max: 65535 });
+    if (problems.length) throw new ConfigError(problems);
+
+    const { onShutdown } = await import("../common/shutdown.ts");
+    const { IngestService } = await import("./service.ts");
+    const { IngestMetrics, serveMetrics } = await import("./metrics.ts");
+    const log = createLogger("ingest");
+    const url = resolveDatabaseUrl(stringOption(values, "database-url"));
+    const pool = createPool({ url, max: poolSize ?? 4, applicationName: "bacmqtt-ingest", log });
+    const migrated = await migrate(pool, { dialect, log });
+    log.info({ database: describeDatabase(url), dialect: migrated.dialect }, "database ready");
+    const metrics = new IngestMetrics({ defaultMetrics: true });
+    const service = new IngestService({
+      mqttUrl: stringOption(values, "mqtt-url") ?? "mqtt://127.0.0.1:1883",
+      username: stringOption(values, "mqtt-username"),
+      password: stringOption(values, "mqtt-password"),
+      pool,
+      dialect: migrated.dialect,
+      baseTopic: stringOption(values, "base-topic"),
+      clientId: stringOption(values, "client-id"),
+      shareGroup: stringOption(values, "share-group"),
+      batchSize,
+      batchWaitMs,
+      metrics,
+      log,
+    });
+    const server =
+      metricsPort === undefined
+        ? undefined
+        : await serveMetrics(metrics, stringOption(values, "metrics-host") ?? "0.0.0.0", metricsPort);
+    if (server) log.info({ port: server.port }, "metrics on /metrics");
+    await service.start();
+    log.info("ingest running");
+    await new Promise<void>((resolve) => {
+      onShutdown(async () => {
+        await service.stop();
+        await server?.close();
+        await pool.end();
+        resolve();
+      }, log);
+    });
+    return 0;
+  },
+});
