@@ -338,6 +338,20 @@ describe.each(brokers)("gateway with simulator and %s", (_name, makeBroker) => {
       data: { healthy: true, problems: [] },
     });
 
+    // Error answers of the endpoints whose only failure is a bad request.
+    for (const [endpoint, payload] of [
+      ["discover", { transaction: "e1", timeout_s: 0, low: -1 }],
+      ["rebirth", { transaction: "e2", now: true }],
+      ["health_check", { transaction: "e3", verbose: 1 }],
+      ["device/points", { transaction: "e4" }],
+    ] as const) {
+      const r = await request(c, endpoint, payload);
+      expect(r).toMatchObject({
+        status: "error",
+        transaction: payload.transaction,
+        error: { code: "GW_ERR_INVALID_REQUEST" },
+      });
+    }
     const bad = await request(c, "device/options", { transaction: "bad", device: "x", poll_interval_s: 0 });
     expect(bad).toMatchObject({
       status: "error",
