@@ -276,7 +276,6 @@ export class SimDevice {
         this.confirmed(buf, offset, end, peer);
         return;
       case PduType.unconfirmedRequest:
-        this.counters.requestsReceived++;
         this.unconfirmed(buf, offset, end, peer);
         return;
       case PduType.segmentAck:
@@ -303,7 +302,9 @@ export class SimDevice {
   private unconfirmed(buf: Buffer, offset: number, end: number, peer: Peer): void {
     if (end - offset < 2) throw new DecodeError("truncated");
     const service = buf[offset + 1] as number;
+    // Other devices' I-Ams and notifications reach us on the broadcast socket: not requests.
     if (service !== Unconfirmed.whoIs) return;
+    this.counters.requestsReceived++;
     const r = new Reader(buf, offset + 2, end);
     if (r.remaining > 0) {
       const low = r.ctxUnsigned(0);

@@ -180,7 +180,13 @@ const OPTIONAL_POINT_PROPS = new Set<number>([
   Prop.stateText,
 ]);
 
-function propsFor(kind: Kind, commandable: boolean, type: number): number[] {
+// Objects of one type share one property list: 100,000 points should not hold 100,000 arrays.
+const PROPS_CACHE = new Map<string, readonly number[]>();
+
+function propsFor(kind: Kind, commandable: boolean, type: number): readonly number[] {
+  const key = `${kind}/${commandable}/${type}`;
+  const cached = PROPS_CACHE.get(key);
+  if (cached) return cached;
   const props: number[] = [...COMMON_PROPS];
   if (kind === "analog" || kind === "integer") props.push(Prop.units, Prop.covIncrement);
   if (kind === "binary") {
@@ -191,6 +197,7 @@ function propsFor(kind: Kind, commandable: boolean, type: number): number[] {
   if (kind === "multistate") props.push(Prop.numberOfStates, Prop.stateText);
   if (commandable) props.push(Prop.priorityArray, Prop.relinquishDefault, Prop.currentCommandPriority);
   props.push(Prop.propertyList);
+  PROPS_CACHE.set(key, props);
   return props;
 }
 
