@@ -71,12 +71,23 @@ export interface Row {
   met: (value: number, ratio: number) => boolean;
   saturated: string;
   notes: string;
+  /** Runs are paired (same conditions); when set, the ratio is the median of per-run ratios. */
+  paired?: boolean;
 }
 
 export function emit(r: Row): void {
   const value = round(median(r.ours));
   const baseValue = r.base.length ? round(median(r.base)) : null;
-  const ratio = baseValue ? round(r.higherIsBetter ? value / baseValue : baseValue / value, 3) : null;
+  const perRun = r.ours.map((x, i) => {
+    const y = r.base[i] as number;
+    return r.higherIsBetter ? x / y : y / x;
+  });
+  const ratio =
+    r.paired && r.base.length === r.ours.length
+      ? round(median(perRun), 3)
+      : baseValue
+        ? round(r.higherIsBetter ? value / baseValue : baseValue / value, 3)
+        : null;
   const row = {
     benchmark: r.benchmark,
     row: r.row,

@@ -141,7 +141,8 @@ function estimate(p: PropertyRef): number {
     case Prop.OBJECT_LIST:
       return p.index === undefined ? 2000 : 10;
     default:
-      return 10;
+      // REAL/enumerated/unsigned (≤ 5 bytes) or a status-flags bit string (4 bytes), with margin.
+      return 6;
   }
 }
 
@@ -466,7 +467,8 @@ export class Engine extends EventEmitter implements BacnetEngine {
       let cur: { object: ObjectRef; properties: PropertyRef[] }[] = [];
       let size = 0;
       for (const s of specs) {
-        const cost = 9 + s.properties.reduce((a, p) => a + 6 + estimate(p), 0);
+        // Per object: object id (5) + opening/closing tags (2); per property: id (2) + tags (2) + value.
+        const cost = 7 + s.properties.reduce((a, p) => a + 4 + estimate(p), 0);
         if (cur.length > 0 && size + cost > budget) {
           batches.push(cur);
           cur = [];
