@@ -424,8 +424,9 @@ export class SimDevice {
     const segSize = maxResp - 5;
     const total = Math.ceil(data.pos / segSize);
     if (total > maxSegments) {
-      // The answer does not fit in the number of segments the client accepts (clause 5.4.5.3).
-      this.sendAbort(peer, invokeId, AbortReason.bufferOverflow);
+      // The answer does not fit in the number of segments the client accepts: apdu-too-long
+      // (clause 5.4.5.3 as revised by 135-2012; older devices said buffer-overflow).
+      this.sendAbort(peer, invokeId, AbortReason.apduTooLong);
       return;
     }
     const key = `${peerKey(peer)}#${invokeId}`;
