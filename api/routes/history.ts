@@ -58,7 +58,7 @@ const SQL = {
           WHERE point_id = $1 AND bucket >= $2 AND bucket < $3 ORDER BY bucket LIMIT $4`,
 } as const;
 
-const STATS_SQL = {
+export const STATS_SQL = {
   hourly: `SELECT bucket, avg, min, max, count, last FROM readings_hourly
            WHERE point_id = $1 AND bucket >= $2 AND bucket < $3 ORDER BY bucket LIMIT $4`,
   daily: `SELECT bucket, avg, min, max, count, last FROM readings_daily
@@ -214,13 +214,14 @@ export const historyRoutes: FastifyPluginAsyncTypebox = async (app) => {
       const q = request.query;
       const range = parseRange(q);
       const period = q.period ?? "hourly";
-      const [info] = await pointInfos(app.db, [request.params.point_id]);
       const { rows } = await app.db.query(STATS_SQL[period], [
-        info?.point_id,
+        request.params.point_id,
         bucketStart(range.from, period),
         range.to,
         q.limit,
       ]);
+      // Only an empty answer needs the second look: an unknown point is a 404, not an empty list.
+      if (rows.length === 0) await pointInfos(app.db, [request.params.point_id]);
       return {
         point_id: request.params.point_id,
         period,

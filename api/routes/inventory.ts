@@ -17,41 +17,47 @@ import {
   PointParams,
 } from "../schemas.ts";
 
+// Byte-order ("C") comparison of lower-cased names: a stable, locale-independent order that sorts
+// several times faster than the database's linguistic collation.
 const SORT_SQL: Record<string, string> = {
-  name: "lower(d.object_name) %s NULLS LAST, d.gateway_id, d.device_instance",
+  name: 'lower(d.object_name) COLLATE "C" %s NULLS LAST, d.gateway_id, d.device_instance',
   instance: "d.device_instance %s, d.gateway_id",
-  vendor: "lower(d.vendor_name) %s NULLS LAST, d.gateway_id, d.device_instance",
+  vendor: 'lower(d.vendor_name) COLLATE "C" %s NULLS LAST, d.gateway_id, d.device_instance',
   last_seen: "d.last_seen %s NULLS LAST, d.gateway_id, d.device_instance",
   gateway: "d.gateway_id %s, d.device_instance",
 };
 
-const DEVICE_LIST = (orderBy: string) => `
-  SELECT d.gateway_id, d.device_instance, d.object_name, d.description, d.location, d.vendor_id,
-         d.vendor_name, d.model_name, d.address, d.online, d.last_seen, d.updated_at,
-         (SELECT count(*) FROM points p
-           WHERE p.gateway_id = d.gateway_id AND p.device_instance = d.device_instance)::int AS points,
-         count(*) OVER ()::int AS total
-  FROM devices d
-  WHERE ($1::text IS NULL OR d.gateway_id = $1)
-    AND ($2::bool IS NULL OR d.online IS NOT DISTINCT FROM $2)
-    AND ($3::text IS NULL OR d.vendor_name ILIKE $3)
-    AND ($4::text IS NULL OR d.object_name ILIKE $4 OR d.description ILIKE $4)
-    AND ($5::text IS NULL OR d.object_name ILIKE $5 OR d.description ILIKE $5 OR d.location ILIKE $5
-         OR d.vendor_name ILIKE $5 OR d.model_name ILIKE $5 OR d.device_instance::text = $6)
-  ORDER BY ${orderBy}
-  LIMIT $7 OFFSET $8`;
-
-const DEVICE_COUNT = `
-  SELECT count(*)::int AS total FROM devices d
-  WHERE ($1::text IS NULL OR d.gateway_id = $1)
+const FILTERS = `
+    ($1::text IS NULL OR d.gateway_id = $1)
     AND ($2::bool IS NULL OR d.online IS NOT DISTINCT FROM $2)
     AND ($3::text IS NULL OR d.vendor_name ILIKE $3)
     AND ($4::text IS NULL OR d.object_name ILIKE $4 OR d.description ILIKE $4)
     AND ($5::text IS NULL OR d.object_name ILIKE $5 OR d.description ILIKE $5 OR d.location ILIKE $5
          OR d.vendor_name ILIKE $5 OR d.model_name ILIKE $5 OR d.device_instance::text = $6)`;
 
+// The page is chosen on the key columns first (an index on the sort key serves it without sorting
+// every device), then only its rows are fetched and their points counted. The total is a separate
+// count run at the same time on another connection: a window count would make every request read
+// and sort all devices.
+const DEVICE_LIST = (orderBy: string) => `
+  WITH page AS (
+    SELECT d.gateway_id, d.device_instance
+    FROM devices d
+    WHERE ${FILTERS}
+    ORDER BY ${orderBy}
+    LIMIT $7 OFFSET $8
+  )
+  SELECT d.gateway_id, d.device_instance, d.object_name, d.description, d.location, d.vendor_id,
+         d.vendor_name, d.model_name, d.address, d.online, d.last_seen, d.updated_at,
+         (SELECT count(*) FROM points p
+           WHERE p.gateway_id = d.gateway_id AND p.device_instance = d.device_instance)::int AS points
+  FROM page JOIN devices d USING (gateway_id, device_instance)
+  ORDER BY ${orderBy}`;
+
+export const DEVICE_COUNT = `SELECT count(*)::int AS total FROM devices d WHERE ${FILTERS}`;
+
 /** Every (sort, order) statement, built once from the constants above. */
-const DEVICE_LIST_SQL: Record<string, string> = {};
+export const DEVICE_LIST_SQL: Record<string, string> = {};
 for (const [key, clause] of Object.entries(SORT_SQL)) {
   DEVICE_LIST_SQL[`${key}:asc`] = DEVICE_LIST(clause.replace("%s", "ASC"));
   DEVICE_LIST_SQL[`${key}:desc`] = DEVICE_LIST(clause.replace("%s", "DESC"));
@@ -179,12 +185,11 @@ export const inventoryRoutes: FastifyPluginAsyncTypebox = async (app) => {
         q.q ?? null,
       ];
       const sql = DEVICE_LIST_SQL[`${sort}:${order}`] as string;
-      const { rows } = await app.db.query(sql, [...filters, q.limit, q.offset]);
-      let total = rows[0]?.total as number | undefined;
-      if (total === undefined) {
-        total = q.offset === 0 ? 0 : ((await app.db.query(DEVICE_COUNT, filters)).rows[0]?.total as number);
-      }
-      return { total, limit: q.limit, offset: q.offset, items: rows };
+      const [page, count] = await Promise.all([
+        app.db.query(sql, [...filters, q.limit, q.offset]),
+        app.db.query<{ total: number }>(DEVICE_COUNT, filters),
+      ]);
+      return { total: count.rows[0]?.total ?? 0, limit: q.limit, offset: q.offset, items: page.rows };
     },
   );
 

@@ -2,6 +2,7 @@
 // each dialect (plain PostgreSQL, portable; TimescaleDB WASM over pglite-socket). Command routes
 // here run without a broker (503, attempt still audited); with a real gateway they are in
 // commands.test.ts.
+import { readFileSync } from "node:fs";
 import type { FastifyInstance } from "fastify";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -535,6 +536,20 @@ function suite(dialect: Dialect) {
           doc.paths["/api/gateways/{gateway}/devices/{device}/points/{point}/write"].post.requestBody,
         ).toBeDefined();
         expect((await get("/docs", null)).statusCode).toBeLessThan(400);
+      });
+
+      it("has every route documented in docs/api.md with a curl example", async () => {
+        const doc = (await get("/docs/json", null)).json();
+        const md = readFileSync(new URL("../../../docs/api.md", import.meta.url), "utf8");
+        const sections = md.split(/^### /m).slice(1);
+        for (const [path, methods] of Object.entries(doc.paths as Record<string, object>)) {
+          for (const method of Object.keys(methods)) {
+            const heading = `\`${method.toUpperCase()} ${path}\``;
+            const section = sections.find((s) => s.startsWith(heading));
+            expect(section, heading).toBeDefined();
+            expect(section, heading).toMatch(/```sh\n(.|\n)*curl /);
+          }
+        }
       });
 
       it("serves the console", async () => {
