@@ -12,7 +12,14 @@ export interface RedisSettings {
   url: string;
   /** Prefix for every persistence key, so several deployments (or tests) share one Redis. */
   keyPrefix?: string;
+  /**
+   * Queued messages sent to a persistent session when it reconnects; the rest wait for its next
+   * reconnect. The library's default (1000) would stall an ingest that was offline for a while.
+   */
+  maxSessionDelivery?: number;
 }
+
+export const DEFAULT_SESSION_DELIVERY = 100_000;
 
 export interface RedisBackends {
   persistence: unknown;
@@ -82,6 +89,7 @@ export async function openRedis(settings: RedisSettings, log: Logger): Promise<R
   };
   const persistence = aedesPersistenceRedis({
     conn: open(settings.keyPrefix ? { keyPrefix: settings.keyPrefix } : {}),
+    maxSessionDelivery: settings.maxSessionDelivery ?? DEFAULT_SESSION_DELIVERY,
   });
   const mq = mqemitterRedis({ subConn: open({}), pubConn: open({}) });
   return {

@@ -89,6 +89,29 @@ describe("Redis persistence", () => {
     await stop(second);
   });
 
+  it("delivers a long offline queue in full on reconnect, not just the first thousand", async () => {
+    const topics = new Topics("bacmqtt", uniqueId("gw"));
+    const clientId = uniqueId("ingest");
+    const broker = await start();
+    const sub = await connect(broker.url, { clientId, clean: false });
+    await subscribe(sub, topics.device(3, "readings"), 1);
+    await sub.endAsync();
+    const pub = await connect(broker.url);
+    const count = 1500;
+    for (let i = 0; i < count; i += 100)
+      await Promise.all(
+        Array.from({ length: 100 }, (_, k) =>
+          pub.publishAsync(topics.device(3, "readings"), `q${i + k}`, { qos: 1 }),
+        ),
+      );
+    await pub.endAsync();
+    const back = await connectRecording(broker.url, { clientId, clean: false });
+    await waitFor(`${count} queued messages`, () => back.messages.length >= count, 20_000);
+    expect(new Set(back.messages.map((m) => m.payload)).size).toBe(count);
+    await back.client.endAsync();
+    await stop(broker);
+  });
+
   it("lets two broker instances share clients: publish on one, receive on the other", async () => {
     const topics = new Topics("bacmqtt", uniqueId("gw"));
     const a = await start();
