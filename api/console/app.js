@@ -347,6 +347,7 @@ function gatewayCard(g) {
     `${g.devices} devices · ${g.devices_online} online · seen ${fmtAgo(g.last_seen)}`,
   );
   const button = h("button", { class: "primary small", "data-discover": g.gateway_id }, "Start discovery");
+  const options = discoveryOptions();
   const card = h(
     "div",
     { class: "gw", "data-gateway": g.gateway_id },
@@ -360,6 +361,7 @@ function gatewayCard(g) {
     ),
     h("div", { class: "progress", hidden: true }, bar),
     statusLine,
+    options.box,
   );
   const progress = card.querySelector(".progress");
   const stop = onLive((event, msg) => {
@@ -391,7 +393,7 @@ function gatewayCard(g) {
     try {
       const r = await api(`/api/gateways/${encodeURIComponent(g.gateway_id)}/discover`, {
         method: "POST",
-        body: { points: true },
+        body: options.body(),
       });
       bar.style.width = "100%";
       const n = r.data.new_devices?.length ?? 0;
@@ -406,6 +408,68 @@ function gatewayCard(g) {
     }
   });
   return card;
+}
+
+/** The discovery's optional settings: instance range, unicast targets (where broadcast cannot reach), timeout. */
+function discoveryOptions() {
+  const low = h("input", {
+    type: "number",
+    min: 0,
+    max: 4194303,
+    placeholder: "0",
+    name: "low",
+    "aria-label": "Lowest instance",
+  });
+  const high = h("input", {
+    type: "number",
+    min: 0,
+    max: 4194303,
+    placeholder: "4194303",
+    name: "high",
+    "aria-label": "Highest instance",
+  });
+  const targets = h("input", {
+    type: "text",
+    placeholder: "192.168.1.20, 10.0.0.5:47808",
+    name: "targets",
+    "aria-label": "Unicast targets",
+  });
+  const timeout = h("input", {
+    type: "number",
+    min: 1,
+    max: 600,
+    placeholder: "gateway default",
+    name: "timeout_s",
+    "aria-label": "Listen time in seconds",
+  });
+  const box = h(
+    "details",
+    { class: "discover-options" },
+    h("summary", {}, "Discovery options"),
+    h(
+      "div",
+      { class: "option-grid" },
+      h("label", {}, "Instances from", low),
+      h("label", {}, "to", high),
+      h("label", { class: "wide" }, "Unicast targets (ip[:port], comma-separated)", targets),
+      h("label", {}, "Listen (s)", timeout),
+    ),
+  );
+  return {
+    box,
+    body() {
+      const body = { points: true };
+      if (low.value !== "") body.low = Number(low.value);
+      if (high.value !== "") body.high = Number(high.value);
+      if (timeout.value !== "") body.timeout_s = Number(timeout.value);
+      const list = targets.value
+        .split(",")
+        .map((t) => t.trim())
+        .filter(Boolean);
+      if (list.length) body.targets = list;
+      return body;
+    },
+  };
 }
 
 // ---- device page -----------------------------------------------------------------------------
