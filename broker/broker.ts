@@ -11,7 +11,7 @@ import { Aedes, type AuthenticateError, type Client, type PublishPacket, type Su
 import { createWebSocketStream, WebSocketServer } from "ws";
 import { CodedError, ConfigError, errorMessage } from "../common/errors.ts";
 import { createLogger, type Logger } from "../common/logger.ts";
-import { assertBase, DEFAULT_BASE_TOPIC, sysTopic } from "../contract/index.ts";
+import { assertBase, DEFAULT_BASE_TOPIC, parseSharedFilter, sysTopic } from "../contract/index.ts";
 import { type AclRules, type Identity, mayPublish, maySubscribe, rulesFor, topicDepth } from "./acl.ts";
 import { BrokerStats, type RefusalKind } from "./metrics.ts";
 import { TokenBucket } from "./rate-limit.ts";
@@ -418,6 +418,18 @@ export class MqttBroker {
     const fields = () => ({ ...this.clientFields(client), filter: sub.topic });
     if (!ctx) {
       this.refuse("subscribe", "unauthenticated", fields(), "subscription refused: client not authenticated");
+      done(null, null);
+      return;
+    }
+    if (parseSharedFilter(sub.topic)) {
+      // aedes has no shared subscriptions: granting one would subscribe to the literal `$share/…`
+      // topic and silently deliver nothing, so the client is told at once instead.
+      this.refuse(
+        "subscribe",
+        "shared_unsupported",
+        fields(),
+        "subscription refused: no shared subscriptions",
+      );
       done(null, null);
       return;
     }
