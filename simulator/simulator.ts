@@ -272,8 +272,12 @@ export async function startSimulator(config: SimulatorConfig): Promise<Simulator
   }
 
   // One timer drives COV for every device: as often as the fastest-changing device, at most 1 s.
-  const intervals = [...devices.values()].map((d) => d.device.opts.changeIntervalMs).filter((ms) => ms > 0);
-  const sweepMs = Math.max(20, Math.min(1000, ...intervals));
+  let fastest = 1000;
+  for (const { device } of devices.values()) {
+    const ms = device.opts.changeIntervalMs;
+    if (ms > 0 && ms < fastest) fastest = ms;
+  }
+  const sweepMs = Math.max(20, fastest);
   const sweep = setInterval(() => {
     const now = Date.now();
     for (const { device } of devices.values()) device.covSweep(now);

@@ -159,6 +159,17 @@ describe("SubscribeCOV", () => {
     await client.send(dev, bvll(0x0a, [...npdu(), 0x20, m?.invokeId as number, 0x01]));
   });
 
+  it("retransmits an unacknowledged confirmed notification with the same invoke id", async () => {
+    expect((await subscribe(dev, 20, 1, 1, { confirmed: true, lifetime: 60 })).type).toBe("simple");
+    const first = await nextNotification((x) => x.processId === 20);
+    expect(first?.confirmed).toBe(true);
+    // No acknowledgement: the device repeats it after its APDU timeout (3 s).
+    const again = await nextNotification((x) => x.processId === 20);
+    expect(again?.invokeId).toBe(first?.invokeId);
+    await client.send(dev, bvll(0x0a, [...npdu(), 0x20, again?.invokeId as number, 0x01]));
+    await subscribe(dev, 20, 1, 1, "cancel");
+  });
+
   it("stops notifying after cancellation", async () => {
     expect((await subscribe(dev, 14, 13, 1, { lifetime: 300 })).type).toBe("simple");
     expect(await nextNotification((n) => n.processId === 14)).toBeDefined();

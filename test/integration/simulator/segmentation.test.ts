@@ -37,6 +37,7 @@ beforeAll(async () => {
         objects: { analog_value: 200, multi_state_value: 120 },
       },
       { instance: 3003, address: "127.77.2.3", port: 0, maxApdu: 206, objects: { analog_input: 60 } },
+      { instance: 3004, address: "127.77.2.4", port: 0, objects: { analog_value: 3000 } },
     ],
   });
   const [a, b, c] = sim.devices();
@@ -153,6 +154,26 @@ describe("segmented responses", () => {
       rpPayload(8, 3001, OBJECT_LIST),
     );
     expect(r).toMatchObject({ type: "abort", reason: 11, server: true }); // apdu-too-long
+  });
+
+  it("wraps sequence numbers past 255 in a transfer of more than 256 segments", async () => {
+    const policy: SegmentPolicy = { seen: [], acks: [] };
+    const d = sim.devices().find((x) => x.instance === 3004);
+    const big: Target = { address: d?.address as string, port: d?.port as number };
+    const r = await client.request(
+      big,
+      { invokeId: nextInvoke(), service: RP, maxApduCode: 0, maxSegmentsCode: 7 },
+      rpPayload(8, 3004, OBJECT_LIST),
+      policy,
+    );
+    if (r.type !== "complex") throw new Error(`expected ACK, got ${r.type}`);
+    const ids = objectIds(r.data);
+    expect(ids).toHaveLength(3001);
+    expect(ids[3000]).toEqual({ type: 2, instance: 3000 });
+    // 50-byte APDUs carry 45 bytes each: 15,000+ bytes need more than 256 segments.
+    expect(r.segments).toBeGreaterThan(256);
+    const seqs = policy.seen?.map((s) => s.seq) ?? [];
+    expect(seqs.slice(254, 258)).toEqual([254, 255, 0, 1]);
   });
 
   it("segments a ReadPropertyMultiple answer too", async () => {
