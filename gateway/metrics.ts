@@ -3,7 +3,7 @@
 // scrape time; the registry is private to the gateway so that `bacmqtt all` can host several.
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { Counter, Gauge, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Registry } from "prom-client";
 import type { Logger } from "../common/logger.ts";
 import type { BacnetEngine } from "./bacnet/types.ts";
 import type { DiskBuffer } from "./mqtt/buffer.ts";
@@ -33,6 +33,8 @@ function totalCounter(registry: Registry, name: string, help: string, read: () =
 
 export function createRegistry(src: MetricsSources): Registry {
   const registry = new Registry();
+  // Process memory, CPU, event-loop lag and heap, prefixed so they do not collide in `bacmqtt all`.
+  collectDefaultMetrics({ register: registry, prefix: "bacmqtt_gateway_" });
   const stats = () => src.engine.stats();
   new Gauge({
     name: "bacmqtt_gateway_devices",
