@@ -264,6 +264,22 @@ export class Engine extends EventEmitter implements BacnetEngine {
         prev.device.address === dev.address &&
         prev.device.network === dev.network &&
         prev.device.mac === dev.mac;
+      const m = this.managedDevices.get(e.deviceInstance);
+      if (m && !m.online && !m.stopped) {
+        // A lost device announces itself again (rebooted, or moved to a new address by DHCP):
+        // take the new address, report it as discovered again and probe now instead of waiting.
+        if (!same) {
+          prev.device = { ...prev.device, address: dev.address, network: dev.network, mac: dev.mac };
+          prev.dest = dest;
+          m.dest = dest;
+          m.cat = { ...m.cat, address: dev.address, network: dev.network, mac: dev.mac };
+        }
+        this.emit("discovered", prev.device);
+        if (m.probeTimer) clearTimeout(m.probeTimer);
+        m.probeDelayMs = 0;
+        this.probe(m);
+        return;
+      }
       if (!same) {
         const list = this.duplicates.get(e.deviceInstance) ?? [addrOf(prev.device)];
         if (!list.some((a) => a.address === dev.address && a.network === dev.network && a.mac === dev.mac)) {
@@ -998,7 +1014,10 @@ export class Engine extends EventEmitter implements BacnetEngine {
             this.emit("availability", m.cat.deviceInstance, "online", "answered probe");
             return;
           }
-          m.probeDelayMs = Math.min(m.probeDelayMs * 2, (this.opts.probeMaxS ?? 60) * 1000);
+          m.probeDelayMs = Math.min(
+            Math.max(m.probeDelayMs * 2, this.opts.apduTimeoutMs),
+            (this.opts.probeMaxS ?? 60) * 1000,
+          );
           this.probe(m);
         },
       );

@@ -9,7 +9,7 @@ export interface EngineOptions {
   interface?: string;
   /** UDP port to bind; default 47808. 0 picks a free port (tests). */
   port?: number;
-  /** Broadcast address for Who-Is; default: computed from the interface's netmask. */
+  /** Broadcast address for Who-Is; default: computed from the interface's netmask. `""` disables broadcasts (unicast/BBMD only). */
   broadcast?: string;
   /** Foreign-device registration with a BBMD. */
   bbmd?: { address: string; port: number; ttlSeconds: number };

@@ -310,6 +310,31 @@ describe("reading and writing", () => {
     expect(e.stats().errorsByCode.GW_ERR_BACNET_TIMEOUT).toBeGreaterThan(0);
   });
 
+  it("takes a lost device back when it announces itself with I-Am", async () => {
+    const s = await sim({ devices: [{ instance: 3_900_702, address: "127.0.0.1", port: 0 }] });
+    const e = await engine({
+      apduTimeoutMs: 200,
+      retries: 0,
+      offlineAfterFailures: 1,
+      pollIntervalS: 0.2,
+      cov: false,
+      probeMaxS: 600,
+    });
+    const [d] = await e.discover({ targets: targetsOf(s), timeoutS: 1 });
+    const cat = await e.readCatalogue(d as DiscoveredDevice);
+    const events: string[] = [];
+    e.on("availability", (_dev, state) => events.push(state));
+    e.on("discovered", (dev) => events.push(`discovered ${dev.deviceInstance}`));
+    e.manage(cat);
+    s.setOnline(3_900_702, false);
+    await waitFor("offline", () => events.includes("offline"));
+    s.setOnline(3_900_702, true);
+    await e.discover({ targets: targetsOf(s), timeoutS: 1 });
+    await waitFor("online again", () => e.isOnline(3_900_702));
+    const off = events.indexOf("offline");
+    expect(events.indexOf("discovered 3900702", off)).toBeGreaterThan(off);
+  });
+
   it("keeps reading correctly through 20% packet loss with retries", async () => {
     const s = await sim({
       devices: [{ instance: 3_900_801, address: "127.0.0.1", port: 0, lossRate: 0.2, changeIntervalMs: 0 }],
