@@ -33,7 +33,9 @@ export const Confirmed = {
 
 export const Unconfirmed = {
   iAm: 0,
+  iHave: 1,
   unconfirmedCovNotification: 2,
+  whoHas: 7,
   whoIs: 8,
 } as const;
 

@@ -303,15 +303,50 @@ export class SimDevice {
     if (end - offset < 2) throw new DecodeError("truncated");
     const service = buf[offset + 1] as number;
     // Other devices' I-Ams and notifications reach us on the broadcast socket: not requests.
-    if (service !== Unconfirmed.whoIs) return;
+    if (service !== Unconfirmed.whoIs && service !== Unconfirmed.whoHas) return;
     this.counters.requestsReceived++;
     const r = new Reader(buf, offset + 2, end);
-    if (r.remaining > 0) {
+    if (r.nextIsCtx(0)) {
       const low = r.ctxUnsigned(0);
       const high = r.ctxUnsigned(1);
       if (this.instance < low || this.instance > high) return;
     }
-    this.sendIAm(peer);
+    if (service === Unconfirmed.whoIs) {
+      if (r.remaining > 0) throw new DecodeError("trailing bytes in Who-Is");
+      this.sendIAm(peer);
+      return;
+    }
+    this.whoHas(r, peer);
+  }
+
+  /** Who-Has (clause 16.9): answer with I-Have when we hold the object, by identifier or name. */
+  private whoHas(r: Reader, peer: Peer): void {
+    let found: { type: number; instance: number; name: string } | undefined;
+    const t = r.tag();
+    if (t.context && t.number === 2 && t.length === 4) {
+      const v = r.u32();
+      const type = v >>> 22;
+      const instance = v & 0x3fffff;
+      const target = this.lookup(type, instance);
+      if (target === "device") found = { type, instance: this.instance, name: this.opts.name };
+      else if (target) found = { type, instance, name: target.name };
+    } else if (t.context && t.number === 3 && t.length >= 1) {
+      r.u8(); // character set; names here are plain ASCII, equal in every set we would accept
+      const name = r.bytes(t.length - 1).toString("utf8");
+      if (name === this.opts.name) found = { type: OBJECT_DEVICE, instance: this.instance, name };
+      else {
+        const o = this.objectList.find((x) => x.name === name);
+        if (o) found = { type: o.type, instance: o.instance, name };
+      }
+    } else throw new DecodeError("bad Who-Has object");
+    if (!found) return;
+    const w = apduW.reset();
+    w.u8(PduType.unconfirmedRequest << 4);
+    w.u8(Unconfirmed.iHave);
+    w.appObjectId(OBJECT_DEVICE, this.instance);
+    w.appObjectId(found.type, found.instance);
+    w.appCharString(found.name);
+    this.respond(peer, w.take());
   }
 
   sendIAm(peer: Peer): void {
@@ -671,6 +706,8 @@ export class SimDevice {
     bits[12] = true; // readProperty
     bits[15] = true; // writeProperty
     bits[26] = true; // i-Am
+    bits[27] = true; // i-Have
+    bits[33] = true; // who-Has
     bits[34] = true; // who-Is
     if (this.opts.rpm) bits[14] = true; // readPropertyMultiple
     if (this.opts.cov) {

@@ -159,6 +159,38 @@ describe("Who-Is / I-Am", () => {
     expect(client.inbox.filter(iAmFrom(dev))).toHaveLength(0);
   });
 
+  it("answers Who-Has by object identifier and by object name with I-Have", async () => {
+    const isIHave = (f: { body: Buffer }) => f.body[0] === 0x10 && f.body[1] === 0x01;
+    await client.send(dev, bvll(0x0a, [...npdu(), 0x10, 0x07, ...enc.ctxObjectId(2, 14, 1)]));
+    const byId = await client.next(isIHave);
+    expect(decodeItems(byId?.body as Buffer, 2).map(appValue)).toEqual([
+      { type: 8, instance: 1234 },
+      { type: 14, instance: 1 },
+      "MSO1 Fan Speed",
+    ]);
+    const name = Buffer.from("AI2 Valve Position");
+    await client.send(dev, bvll(0x0a, [...npdu(), 0x10, 0x07, 0x3d, name.length + 1, 0x00, ...name]));
+    const byName = await client.next(isIHave);
+    expect(decodeItems(byName?.body as Buffer, 2).map(appValue)[1]).toEqual({ type: 0, instance: 2 });
+    // Out of the instance range, or an object it lacks: silence, then the in-range answer comes first.
+    await client.send(
+      dev,
+      bvll(0x0a, [
+        ...npdu(),
+        0x10,
+        0x07,
+        ...enc.ctxUint(0, 1),
+        ...enc.ctxUint(1, 2),
+        ...enc.ctxObjectId(2, 14, 1),
+      ]),
+    );
+    await client.send(dev, bvll(0x0a, [...npdu(), 0x10, 0x07, ...enc.ctxObjectId(2, 14, 9)]));
+    await client.send(dev, bvll(0x0a, [...npdu(), 0x10, 0x07, ...enc.ctxObjectId(2, 8, 1234)]));
+    const last = await client.next(isIHave);
+    expect(decodeItems(last?.body as Buffer, 2).map(appValue)[1]).toEqual({ type: 8, instance: 1234 });
+    expect(client.inbox.filter(isIHave)).toEqual([]);
+  });
+
   it("answers a global-broadcast Who-Is (DNET 0xFFFF) as a local device", async () => {
     await client.send(dev, bvll(0x0b, [...npdu({ dnet: 0xffff }), ...whoIs()]));
     expect(await client.next(iAmFrom(dev))).toBeDefined();
