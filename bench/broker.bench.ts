@@ -6,6 +6,7 @@
 // Usage: npx tsx bench/broker.bench.ts
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
+import os from "node:os";
 import { fileURLToPath } from "node:url";
 import { Worker } from "node:worker_threads";
 import mqtt, { type MqttClient } from "mqtt";
@@ -74,6 +75,8 @@ interface RunResult {
   received: number;
   sent: number;
   brokerCpu: number | undefined;
+  /** CPU of this process (publishers and the subscriber worker), in cores. */
+  clientCpu: number;
 }
 
 function cpuTicks(pid: number | undefined): number | undefined {
@@ -144,6 +147,7 @@ async function runOnce(
   });
   const publishers = await Promise.all(Array.from({ length: s.publishers }, () => connect(url)));
   const cpuBefore = cpuTicks(brokerPid);
+  const clientBefore = process.cpuUsage();
   const start = performance.timeOrigin + performance.now();
   worker.postMessage({ type: "go", start });
   const per = Math.floor(s.messages / s.publishers);
@@ -154,6 +158,7 @@ async function runOnce(
   ).reduce((a, b) => a + b, 0);
   const result = await done;
   const cpuAfter = cpuTicks(brokerPid);
+  const clientUsed = process.cpuUsage(clientBefore);
   await Promise.all(publishers.map((p) => p.endAsync()));
   await worker.terminate();
   const seconds = Math.max(0.001, (result.last - result.start) / 1000);
@@ -162,7 +167,8 @@ async function runOnce(
     cpuBefore === undefined || cpuAfter === undefined
       ? undefined
       : (cpuAfter - cpuBefore) / ticksPerSecond / seconds;
-  return { rate: result.count / seconds, received: result.count, sent, brokerCpu };
+  const clientCpu = (clientUsed.user + clientUsed.system) / 1e6 / seconds;
+  return { rate: result.count / seconds, received: result.count, sent, brokerCpu, clientCpu };
 }
 
 function median(xs: number[]): number {
@@ -238,13 +244,18 @@ async function main(): Promise<void> {
       const ratio = av / mv;
       const aCpu = median(a.map((r) => r.brokerCpu ?? Number.NaN));
       const mCpu = median(m.map((r) => r.brokerCpu ?? Number.NaN));
+      const cCpu = median(a.map((r) => r.clientCpu));
       const lostA = a.reduce((n, r) => n + (r.sent - r.received), 0);
       const lostM = m.reduce((n, r) => n + (r.sent - r.received), 0);
-      const saturated = Number.isNaN(aCpu)
-        ? "unknown"
-        : aCpu > 0.85
-          ? `aedes broker (one core, ${Math.round(aCpu * 100)}% CPU)`
-          : `clients (aedes at ${Math.round(aCpu * 100)}% CPU${Number.isNaN(mCpu) ? "" : `, mosquitto at ${Math.round(mCpu * 100)}%`})`;
+      const pct = (x: number) => (Number.isNaN(x) ? "?" : `${Math.round(x * 100)}%`);
+      const cpus = `aedes ${pct(aCpu)}, mosquitto ${pct(mCpu)}, MQTT.js clients ${pct(cCpu)} CPU; load avg ${os.loadavg()[0]?.toFixed(1)}`;
+      // aedes is one Node.js thread: near a full core it is the bottleneck; the clients are two threads.
+      const saturated =
+        aCpu > 0.85
+          ? `aedes broker (${cpus})`
+          : cCpu > 0.85
+            ? `MQTT.js clients (${cpus})`
+            : `no single side; CPU shared with other work (${cpus})`;
       const notes = [
         `${s.messages} msgs/run, ${RUNS} runs, 2-core shared machine`,
         lostA ? `aedes: ${lostA} not received` : "",
