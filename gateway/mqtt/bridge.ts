@@ -77,7 +77,7 @@ export class Bridge {
   private draining: Promise<void> | undefined;
   private drainAgain = false;
   private stopped = false;
-  /** Requests handled while offline cannot be answered; subscriptions only exist after a birth. */
+  /** Where request messages go (the dispatcher); the subscription is made at the end of each birth. */
   private onRequest: ((relativeTopic: string, payload: Buffer) => void) | undefined;
   readonly counters = { readingsMessages: 0, readingsValues: 0, buffered: 0 };
   private readonly listeners: Array<[string, (...args: never[]) => void]> = [];
