@@ -19,6 +19,9 @@ const PointConfig = Type.Object(
     writable: Type.Optional(
       Type.Boolean({ description: "Allow writes to this point (adds it to the write allowlist)" }),
     ),
+    poll_interval_s: Type.Optional(
+      Type.Number({ minimum: 0.1, maximum: 86400, description: "Poll this point at its own interval" }),
+    ),
   },
   { additionalProperties: false },
 );

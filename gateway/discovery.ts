@@ -99,7 +99,7 @@ export class Discovery {
   /** A device whose catalogue is known: registered, scheduled, stored, meta published. */
   adopt(catalogue: DeviceCatalogue, runtimeOptions?: DeviceOptions): void {
     const entry = this.bridge.setCatalogue(catalogue, runtimeOptions);
-    this.engine.manage(catalogue, this.bridge.engineOptions(entry.instance));
+    this.engine.manage(this.bridge.scheduledCatalogue(catalogue), this.bridge.engineOptions(entry.instance));
     this.store.save({ catalogue, options: entry.runtimeOptions });
     // Availability follows from the engine's own `availability` event for a managed device.
     void this.bridge.publishMeta(entry);

@@ -223,6 +223,19 @@ export class Bridge {
     return { ...o, include: expand(o.include), exclude: expand(o.exclude) };
   }
 
+  /** The catalogue as handed to the engine: per-point poll intervals from the configuration applied. */
+  scheduledCatalogue(catalogue: DeviceCatalogue): DeviceCatalogue {
+    const points = this.config.devices[String(catalogue.deviceInstance)]?.points;
+    if (!points) return catalogue;
+    return {
+      ...catalogue,
+      points: catalogue.points.map((p) => {
+        const interval = points[p.point]?.poll_interval_s;
+        return interval === undefined ? p : { ...p, poll_interval_s: interval };
+      }),
+    };
+  }
+
   isEnabled(device: number): boolean {
     return this.config.devices[String(device)]?.enabled !== false;
   }
@@ -331,7 +344,7 @@ export class Bridge {
         const friendly = pointsCfg[p.point]?.name;
         return {
           ...p,
-          poll_interval_s: p.poll_interval_s ?? opts.pollIntervalS,
+          poll_interval_s: pointsCfg[p.point]?.poll_interval_s ?? p.poll_interval_s ?? opts.pollIntervalS,
           ...(friendly !== undefined ? { friendly_name: friendly } : {}),
         };
       }),

@@ -415,6 +415,36 @@ describe("gateway (stand-in engine, real broker)", () => {
     expect(JSON.parse(retained.get(`${s.root}/bridge/devices`)!)).toMatchObject({ device_instances: [1001] });
   });
 
+  it("applies per-device and per-point options: friendly names, poll intervals, name patterns", async () => {
+    const s = await setup({
+      config: {
+        devices: {
+          "1001": {
+            name: "AHU-1",
+            poll_interval_s: 30,
+            exclude: ["name:AO 3"],
+            points: { analog_output_2: { name: "Fan speed", poll_interval_s: 5 } },
+          },
+        },
+      },
+    });
+    await request(s, "discover", {});
+    const managed = s.engine.managedDevices.get(1001)!;
+    expect(managed.options).toMatchObject({ pollIntervalS: 30, exclude: ["analog_output_3"] });
+    expect(managed.catalogue.points.map((p) => p.poll_interval_s)).toEqual([undefined, 5, undefined]);
+    await s.rec.waitFor((m) => m.some((x) => x.topic === `${s.root}/1001/meta`), "meta");
+    const meta = s.rec.json(`${s.root}/1001/meta`).at(-1) as {
+      friendly_name: string;
+      points: { point: string; poll_interval_s: number; friendly_name?: string }[];
+    };
+    expect(meta.friendly_name).toBe("AHU-1");
+    expect(meta.points.map((p) => [p.point, p.poll_interval_s, p.friendly_name])).toEqual([
+      ["analog_output_1", 30, undefined],
+      ["analog_output_2", 5, "Fan speed"],
+      ["analog_output_3", 30, undefined],
+    ]);
+  });
+
   it("serves Prometheus metrics", async () => {
     const s = await setup({ config: { metrics: { enabled: true, host: "127.0.0.1", port: 0 } } });
     await request(s, "discover", {});
