@@ -731,6 +731,19 @@ function showChart(box, p, tr) {
     }
   }
   void load();
+  // New readings of this point redraw the chart (at most every 3 s) while it is the one shown.
+  const token = Symbol(p.point);
+  box.dataset.token = String(p.point_id);
+  showChart.current = token;
+  let last = 0;
+  const stop = onLive((event, msg) => {
+    if (showChart.current !== token || !box.isConnected) return stop();
+    if (box.hidden || event !== "reading" || msg.gateway !== p.gateway_id || msg.device !== p.device_instance)
+      return;
+    if (!msg.data.readings.some((r) => r.point === p.point) || Date.now() - last < 3000) return;
+    last = Date.now();
+    void load();
+  });
 }
 
 function chart(rows, resolution, from, to) {
@@ -763,22 +776,19 @@ function chart(rows, resolution, from, to) {
   const pad = (hi - lo) * 0.08;
   lo -= pad;
   hi += pad;
-  const t0 = from.getTime(),
+  // A point younger than the range starts the axis at its first value instead of leaving it empty.
+  const t0 = Math.max(from.getTime(), new Date(pts[0].time).getTime() - (resolution === "raw" ? 0 : 3600e3)),
     t1 = to.getTime();
   const x = (t) => L + ((new Date(t).getTime() - t0) / (t1 - t0)) * (W - L - R);
   const y = (v) => T + (1 - (v - lo) / (hi - lo)) * (H - T - B);
   const grid = s("g", { class: "grid" });
   const axis = s("g", { class: "axis" });
+  const step = (hi - lo) / 4;
+  const decimals = step >= 10 ? 0 : step >= 1 ? 1 : step >= 0.1 ? 2 : 3;
   for (let i = 0; i <= 4; i++) {
     const v = lo + ((hi - lo) * i) / 4;
     grid.append(s("line", { x1: L, x2: W - R, y1: y(v), y2: y(v) }));
-    axis.append(
-      s(
-        "text",
-        { x: L - 6, y: y(v) + 4, "text-anchor": "end" },
-        Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(1),
-      ),
-    );
+    axis.append(s("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(decimals)));
   }
   for (let i = 0; i <= 5; i++) {
     const t = t0 + ((t1 - t0) * i) / 5;
@@ -786,7 +796,11 @@ function chart(rows, resolution, from, to) {
     const label =
       t1 - t0 > 2 * 86400e3
         ? d.toLocaleDateString(undefined, { month: "short", day: "numeric" })
-        : d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+        : d.toLocaleTimeString(undefined, {
+            hour: "2-digit",
+            minute: "2-digit",
+            ...(t1 - t0 < 600e3 ? { second: "2-digit" } : {}),
+          });
     axis.append(
       s("text", { x: x(t), y: H - 8, "text-anchor": i === 0 ? "start" : i === 5 ? "end" : "middle" }, label),
     );
@@ -993,11 +1007,7 @@ async function auditView(view) {
           h(
             "td",
             { title: a.error_message || "" },
-            h(
-              "span",
-              { class: `badge ${a.result === "ok" ? "ok" : a.result ? "bad" : "warn"}` },
-              a.result || "pending",
-            ),
+            h("span", { class: `badge ${resultClass(a.result)}` }, a.result || "pending"),
             a.error_code ? h("div", { class: "muted" }, a.error_code) : null,
           ),
         ),
@@ -1012,6 +1022,12 @@ async function auditView(view) {
   return onLive((event) => {
     if (event === "write") setTimeout(load, 300);
   });
+}
+
+/** ok/accepted (the gateway's word for ok on its own event feed) green; no result yet amber. */
+function resultClass(result) {
+  if (result === "ok" || result === "accepted") return "ok";
+  return result ? "bad" : "warn";
 }
 
 // ---- router ----------------------------------------------------------------------------------
