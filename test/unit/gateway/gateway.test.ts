@@ -445,6 +445,58 @@ describe("gateway (stand-in engine, real broker)", () => {
     ]);
   });
 
+  it("reports a device lost after it misses the configured number of full scans while offline", async () => {
+    const s = await setup({ config: { discovery: { on_start: false, interval_s: 0, lost_after_scans: 2 } } });
+    await request(s, "discover", {});
+    s.engine.devicesOnNetwork.delete(1002);
+    s.engine.offline.add(1002);
+    await request(s, "discover", {});
+    expect(
+      s.rec.json(`${s.root}/bridge/event`).some((e) => (e as { type: string }).type === "device_lost"),
+    ).toBe(false);
+    // A scan limited to a range says nothing about devices outside it.
+    await request(s, "discover", { low: 1001, high: 1001 });
+    await request(s, "discover", {});
+    await s.rec.waitFor((m) => m.some((x) => x.payload.includes('"device_lost"')), "device_lost");
+    const lost = s.rec
+      .json(`${s.root}/bridge/event`)
+      .filter((e) => (e as { type: string }).type === "device_lost");
+    expect(lost.map((e) => (e as { data: unknown }).data)).toEqual([{ device: 1002, missed_scans: 2 }]);
+  });
+
+  it("counts readings dropped at the buffer's size limit and reports them in bridge/health after reconnecting", async () => {
+    const first = await startTestBroker();
+    const port = Number(new URL(first.url).port);
+    const s = await setup({ broker: first, config: { buffer: { max_bytes: 8192, segment_bytes: 2048 } } });
+    await request(s, "discover", {});
+    await s.rec.close();
+    await first.close();
+    await waitUntil(() => !s.gw.mqtt.connected, "disconnected");
+    for (let i = 0; i < 200; i++)
+      s.engine.emit(
+        "readings",
+        1001,
+        [
+          {
+            point: "analog_output_1",
+            value: i,
+            ts: new Date(Date.UTC(2026, 10, 27, 8, 0, 0, i)).toISOString(),
+          },
+        ],
+        "poll",
+      );
+    const dropped = s.gw.buffer.stats.dropped;
+    expect(dropped).toBeGreaterThan(0);
+    expect(s.gw.buffer.depth + dropped).toBe(200);
+    const second = await startTestBroker(port);
+    cleanups.push(() => second.close());
+    const rec = await Recorder.connect(second.url, `${s.root}/bridge/health`);
+    cleanups.push(() => rec.close());
+    await rec.waitFor((m) => m.length > 0, "health after reconnect", 15_000);
+    const health = rec.json(`${s.root}/bridge/health`).at(-1) as { buffer: { dropped_total: number } };
+    expect(health.buffer.dropped_total).toBe(dropped);
+  });
+
   it("serves Prometheus metrics", async () => {
     const s = await setup({ config: { metrics: { enabled: true, host: "127.0.0.1", port: 0 } } });
     await request(s, "discover", {});
