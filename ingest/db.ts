@@ -63,6 +63,12 @@ export async function withTransaction<T>(
 ): Promise<T> {
   const client = await pool.connect();
   let broken = false;
+  // A checked-out client whose connection dies between two queries emits 'error'; the next query
+  // rejects with it, so the event itself only needs a listener (else it would crash the process).
+  const onError = () => {
+    broken = true;
+  };
+  client.on("error", onError);
   try {
     await client.query("BEGIN");
     const result = await fn(client);
@@ -76,6 +82,7 @@ export async function withTransaction<T>(
     }
     throw err;
   } finally {
+    client.off("error", onError);
     client.release(broken ? true : undefined);
   }
 }
@@ -84,10 +91,16 @@ export async function withTransaction<T>(
 export async function withClient<T>(db: Db, fn: (client: pg.ClientBase) => Promise<T>): Promise<T> {
   if (db instanceof pg.Pool) {
     const client = await db.connect();
+    let broken = false;
+    const onError = () => {
+      broken = true;
+    };
+    client.on("error", onError);
     try {
       return await fn(client);
     } finally {
-      client.release();
+      client.off("error", onError);
+      client.release(broken ? true : undefined);
     }
   }
   return fn(db);
@@ -107,20 +120,12 @@ export async function timedQuery<R extends pg.QueryResultRow = pg.QueryResultRow
   return result;
 }
 
-const RETRYABLE_CLASSES = ["08", "40", "53", "57", "58"];
-
 /**
- * Whether a failure is about the database being unavailable (retry the same work later) rather than
- * about the data (retry would fail the same way). Connection errors from the driver carry no SQLSTATE.
+ * Whether the database rejected the data itself (data exception, integrity violation, program
+ * limit): retrying the same rows fails the same way, so the message becomes a dead letter. Every
+ * other failure (outage, refused connection, missing schema, deadlock) is retried: never dropped.
  */
-export function isTransientDbError(err: unknown): boolean {
-  const e = err as { code?: string; message?: string } | undefined;
-  const code = e?.code;
-  if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) {
-    // 57014 query_canceled is a statement timeout: transient too.
-    return RETRYABLE_CLASSES.includes(code.slice(0, 2)) || code === "55P03";
-  }
-  if (typeof code === "string") return true; // ECONNREFUSED, ECONNRESET, ETIMEDOUT, …
-  const msg = e?.message ?? "";
-  return /connect|terminat|timeout|closed|ended|socket|ECONN|not queryable/i.test(msg);
+export function isDataError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === "string" && /^(22|23|54)[0-9A-Z]{3}$/.test(code);
 }

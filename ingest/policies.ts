@@ -4,6 +4,7 @@
 // `migrate` without flags keeps them and the portable job can read them.
 import type pg from "pg";
 import type { Logger } from "../common/logger.ts";
+import { withClient } from "./db.ts";
 import type { Dialect } from "./migrations/index.ts";
 
 export interface StoragePolicies {
@@ -55,7 +56,13 @@ export async function effectivePolicies(
   const out = { ...DEFAULT_POLICIES };
   for (const key of POLICY_KEYS) {
     if (key in stored) out[key] = stored[key] ?? null;
-    if (overrides[key] !== undefined) out[key] = overrides[key] ?? null;
+    const override = overrides[key];
+    if (override === null) out[key] = null;
+    else if (override !== undefined) {
+      const parsed = parseAge(override);
+      if ("problem" in parsed) throw new Error(`invalid storage policies: ${key}: ${parsed.problem}`);
+      out[key] = parsed.value;
+    }
   }
   return out;
 }
@@ -129,16 +136,15 @@ const MAX_CHUNKS_PER_RUN = 1_000;
  * rollups (they have their own ages), as with Timescale's retention on continuous aggregates.
  */
 export async function runPortableRetention(pool: pg.Pool, log: Logger): Promise<Record<string, number>> {
-  const client = await pool.connect();
-  const deleted: Record<string, number> = {};
-  try {
+  const deleted = await withClient(pool, async (client) => {
+    const out: Record<string, number> = {};
     const policies = await effectivePolicies(client);
     for (const [table, column, age] of [
       ["readings", "time", policies.raw_retention],
       ["readings_hourly_state", "bucket", policies.hourly_retention],
       ["readings_daily_state", "bucket", policies.daily_retention],
     ] as const) {
-      deleted[table] = 0;
+      out[table] = 0;
       if (!age) continue;
       for (let i = 0; i < MAX_CHUNKS_PER_RUN; i++) {
         const res = await client.query(
@@ -146,13 +152,12 @@ export async function runPortableRetention(pool: pg.Pool, log: Logger): Promise<
              SELECT ctid FROM ${table} WHERE ${column} < now() - $1::interval LIMIT ${DELETE_CHUNK})`,
           [age],
         );
-        deleted[table] += res.rowCount ?? 0;
+        out[table] += res.rowCount ?? 0;
         if ((res.rowCount ?? 0) < DELETE_CHUNK) break;
       }
     }
-  } finally {
-    client.release();
-  }
+    return out;
+  });
   log.info({ deleted }, "retention job done");
   return deleted;
 }

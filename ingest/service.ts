@@ -16,7 +16,6 @@ import type pg from "pg";
 import { errorMessage } from "../common/errors.ts";
 import { createLogger, type Logger } from "../common/logger.ts";
 import { Filters } from "../contract/index.ts";
-import { isTransientDbError } from "./db.ts";
 import { classify } from "./messages.ts";
 import { IngestMetrics } from "./metrics.ts";
 import type { Dialect } from "./migrations/index.ts";
@@ -281,7 +280,7 @@ export class IngestService {
         this.log.warn(
           {
             err: errorMessage(err),
-            transient: isTransientDbError(err),
+            code: (err as { code?: string }).code,
             attempt,
             retryInMs: Math.round(delay),
           },

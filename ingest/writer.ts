@@ -7,7 +7,7 @@
 import type pg from "pg";
 import type { Logger } from "../common/logger.ts";
 import { parsePointId } from "../contract/index.ts";
-import { isTransientDbError, withTransaction } from "./db.ts";
+import { isDataError, withTransaction } from "./db.ts";
 import { type IngestOp, type PointTexts, statusFlagBits, storedValue } from "./messages.ts";
 import type { Dialect } from "./migrations/index.ts";
 
@@ -91,14 +91,14 @@ export class BatchWriter {
 
   /**
    * Writes a batch in one transaction. If the database rejects the batch for a reason in the data
-   * (not an outage), each message is written alone and the ones that still fail become dead letters.
-   * Transient failures (outage, deadlock) are thrown for the caller to retry.
+   * (isDataError), each message is written alone and the ones that still fail become dead letters.
+   * Every other failure (outage, deadlock, …) is thrown for the caller to retry.
    */
   async write(batch: Envelope[]): Promise<WriteStats> {
     try {
       return await this.writeTransaction(batch);
     } catch (err) {
-      if (isTransientDbError(err) || batch.length === 0) throw err;
+      if (!isDataError(err)) throw err;
       this.log.warn(
         { err: (err as Error).message, messages: batch.length },
         "batch rejected; writing messages one by one",
@@ -110,7 +110,7 @@ export class BatchWriter {
       try {
         stats = await this.writeTransaction([env]);
       } catch (err) {
-        if (isTransientDbError(err)) throw err;
+        if (!isDataError(err)) throw err;
         stats = await this.writeTransaction([
           {
             ...env,

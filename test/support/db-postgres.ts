@@ -70,3 +70,23 @@ export async function createPortableDatabase(prefix?: string): Promise<TestDatab
   }
   return db;
 }
+
+/**
+ * Simulates a database outage: refuses new connections to the database and terminates the open
+ * ones (online = false), or lets connections in again (online = true).
+ */
+export async function setDatabaseOnline(db: TestDatabase, online: boolean): Promise<void> {
+  const c = new pg.Client(adminConfig());
+  await c.connect();
+  try {
+    await c.query(`ALTER DATABASE "${db.name}" ALLOW_CONNECTIONS ${online ? "true" : "false"}`);
+    if (!online) {
+      await c.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        [db.name],
+      );
+    }
+  } finally {
+    await c.end();
+  }
+}
