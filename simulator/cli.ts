@@ -117,6 +117,11 @@ A YAML/JSON --config file holds the same keys as startSimulator() (see docs/simu
       value: "IP",
       description: "Subnet broadcast address to listen on as well (for broadcast Who-Is)",
     },
+    "i-am-broadcast": {
+      env: "BACMQTT_SIM_I_AM_BROADCAST",
+      type: "boolean",
+      description: "Broadcast I-Am to --broadcast-address instead of answering the requester",
+    },
     seed: { env: "BACMQTT_SIM_SEED", type: "string", value: "N", description: "Seed of the simulated plant" },
     processes: {
       env: "BACMQTT_SIM_PROCESSES",

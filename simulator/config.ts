@@ -143,5 +143,6 @@ export function configFromOptions(values: OptionValues): SimulatorConfig {
     routers,
     ...(seed !== undefined ? { seed } : {}),
     ...(broadcast ? { broadcastAddress: broadcast } : {}),
+    ...(values["i-am-broadcast"] ? { iAmBroadcast: true } : {}),
   };
 }

@@ -71,6 +71,8 @@ export interface DeviceOptions {
   firmwareRevision: string;
   changeIntervalMs: number;
   seed: number;
+  /** Broadcast I-Am (as many real devices do) instead of unicasting it to the requester. */
+  iAmBroadcast: boolean;
 }
 
 export interface DeviceCounters {
@@ -84,6 +86,8 @@ export interface DeviceCounters {
 /** What a device needs from the node that carries it. */
 export interface DeviceTransport {
   send(device: SimDevice, peer: Peer, apdu: Buffer, expectingReply: boolean): void;
+  /** Broadcasts an unconfirmed APDU on the node's subnet; false when the node has no broadcast address. */
+  broadcast(device: SimDevice, apdu: Buffer): boolean;
 }
 
 const PROTOCOL_REVISION = 22;
@@ -357,7 +361,12 @@ export class SimDevice {
     w.appUnsigned(this.opts.maxApdu);
     w.appEnumerated(SEGMENTATION_VALUE(this.opts.segmentation));
     w.appUnsigned(this.opts.vendorId);
-    this.respond(peer, w.take());
+    const apdu = w.take();
+    if (this.opts.iAmBroadcast && this.transport.broadcast(this, apdu)) {
+      this.counters.responsesSent++;
+      return;
+    }
+    this.respond(peer, apdu);
   }
 
   // -------------------------------------------------------------------------------------------

@@ -284,6 +284,28 @@ export class BipNode implements DeviceTransport {
     this.transmit(w.take(), peer.ip, peer.port, imp.latencyMs);
   }
 
+  broadcast(device: SimDevice, apdu: Buffer): boolean {
+    const bcast = this.opts.broadcastAddress;
+    if (!bcast) return false;
+    const imp = this.impairments.get(device) as Impairment;
+    if (imp.lossRate > 0 && this.opts.rand() < imp.lossRate) {
+      this.counters.dropped++;
+      return true;
+    }
+    const w = frame.reset();
+    // A routed device's broadcast reaches the B/IP network as the router forwards a global
+    // broadcast: DNET 0xFFFF kept, SNET/SADR naming the device (clause 6.5.4).
+    writeBvllNpdu(w, {
+      bvlc: Bvlc.originalBroadcast,
+      destBroadcastNet: device.routedAs ? 0xffff : undefined,
+      source: device.routedAs,
+    });
+    w.bytes(apdu);
+    finishBvll(w);
+    this.transmit(w.take(), bcast, this.boundPort, imp.latencyMs);
+    return true;
+  }
+
   private transmit(datagram: Buffer, ip: string, port: number, latencyMs: number): void {
     const socket = this.socket;
     if (!socket || this.closed) return;

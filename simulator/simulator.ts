@@ -56,6 +56,8 @@ export interface SimulatorConfig {
   seed?: number;
   /** Subnet broadcast address every node also listens on (needed for broadcast Who-Is on Linux). */
   broadcastAddress?: string;
+  /** Send I-Am as a broadcast to `broadcastAddress` (as many real devices do); default false = unicast. */
+  iAmBroadcast?: boolean;
 }
 
 export interface SimDeviceHandle {
@@ -110,7 +112,11 @@ export const DEFAULT_OBJECTS: Readonly<Partial<Record<SimObjectTypeName, number>
 
 const log = createLogger("simulator");
 
-function deviceOptions(c: Omit<SimDeviceConfig, "address" | "port">, seed: number): DeviceOptions {
+function deviceOptions(
+  c: Omit<SimDeviceConfig, "address" | "port">,
+  seed: number,
+  iAmBroadcast: boolean,
+): DeviceOptions {
   return {
     instance: c.instance,
     name: c.name ?? `SIM-${c.instance}`,
@@ -125,6 +131,7 @@ function deviceOptions(c: Omit<SimDeviceConfig, "address" | "port">, seed: numbe
     firmwareRevision: c.firmwareRevision ?? "1.0.0",
     changeIntervalMs: c.changeIntervalMs ?? 1000,
     seed,
+    iAmBroadcast,
   };
 }
 
@@ -233,7 +240,12 @@ export async function startSimulator(config: SimulatorConfig): Promise<Simulator
 
   for (const d of config.devices ?? []) {
     const node = new BipNode(nodeOpts(d.address, d.port), nodeCounters);
-    const device = new SimDevice(deviceOptions(d, seed), node, deviceCounters, undefined).init();
+    const device = new SimDevice(
+      deviceOptions(d, seed, config.iAmBroadcast === true),
+      node,
+      deviceCounters,
+      undefined,
+    ).init();
     node.addLocal(device, impairment(d));
     nodes.push(node);
     devices.set(d.instance, { device, node, network: null, mac: null });
@@ -243,10 +255,15 @@ export async function startSimulator(config: SimulatorConfig): Promise<Simulator
     for (const n of r.networks) {
       n.devices.forEach((d, i) => {
         const mac = i + 1;
-        const device = new SimDevice(deviceOptions(d, seed), node, deviceCounters, {
-          net: n.network,
-          adr: Buffer.from([mac]),
-        }).init();
+        const device = new SimDevice(
+          deviceOptions(d, seed, config.iAmBroadcast === true),
+          node,
+          deviceCounters,
+          {
+            net: n.network,
+            adr: Buffer.from([mac]),
+          },
+        ).init();
         node.addRouted(n.network, mac, device, impairment(d));
         devices.set(d.instance, { device, node, network: n.network, mac });
       });

@@ -28,15 +28,20 @@ const VETH_SIM = `bms${tag}s`;
 const VETH_CLI = `bms${tag}c`;
 const bin = fileURLToPath(new URL("../../../bin/bacmqtt.mjs", import.meta.url));
 const ip = (...args: string[]) => execFileSync("ip", args, { stdio: "pipe" });
-let sim: ChildProcess | undefined;
+const sims: ChildProcess[] = [];
 
 // The client runs inside its namespace as a plain node script: bind, send both Who-Is, and print
 // every datagram received during each phase as a JSON line.
 const CLIENT = `
 const dgram = require("node:dgram");
 const s = dgram.createSocket("udp4");
+// A second socket hears broadcasts (a socket bound to the unicast address never does on Linux).
+const b = dgram.createSocket({ type: "udp4", reuseAddr: true });
 let phase = "local";
-s.on("message", (m, r) => console.log(JSON.stringify({ phase, address: r.address, port: r.port, hex: m.toString("hex") })));
+const print = (via) => (m, r) => console.log(JSON.stringify({ phase, via, address: r.address, port: r.port, hex: m.toString("hex") }));
+s.on("message", print("unicast"));
+b.on("message", print("broadcast"));
+b.bind(47808, "10.231.0.255");
 s.bind(47808, "10.231.0.2", () => {
   s.setBroadcast(true);
   // Who-Is as a local broadcast (Original-Broadcast-NPDU, no DNET) to the subnet broadcast address.
@@ -45,7 +50,7 @@ s.bind(47808, "10.231.0.2", () => {
     phase = "global";
     // Who-Is as a global broadcast (DNET 0xFFFF, hop count 255) to the limited broadcast address.
     s.send(Buffer.from("810b000c0120ffff00ff1008", "hex"), 47808, "255.255.255.255");
-    setTimeout(() => { s.close(); process.exit(0); }, 1500);
+    setTimeout(() => { s.close(); b.close(); process.exit(0); }, 1500);
   }, 1500);
 });
 `;
@@ -58,7 +63,14 @@ beforeAll(async () => {
   ip("link", "add", VETH_SIM, "type", "veth", "peer", "name", VETH_CLI);
   ip("link", "set", VETH_SIM, "netns", NS_SIM);
   ip("link", "set", VETH_CLI, "netns", NS_CLI);
-  for (const a of ["10.231.0.11/24", "10.231.0.12/24", "10.231.0.13/24", "10.231.0.14/24"])
+  for (const a of [
+    "10.231.0.11/24",
+    "10.231.0.12/24",
+    "10.231.0.13/24",
+    "10.231.0.14/24",
+    "10.231.0.15/24",
+    "10.231.0.16/24",
+  ])
     ip("-n", NS_SIM, "addr", "add", a, "dev", VETH_SIM);
   ip("-n", NS_CLI, "addr", "add", "10.231.0.2/24", "dev", VETH_CLI);
   for (const [ns, dev] of [
@@ -68,6 +80,31 @@ beforeAll(async () => {
     ip("-n", ns, "link", "set", dev, "up");
     ip("-n", ns, "link", "set", "lo", "up");
   }
+  // One simulator answers I-Am by unicast (the default), the other broadcasts its I-Ams.
+  await startSim([
+    "--devices",
+    "3",
+    "--first-instance",
+    "8001",
+    "--address",
+    "10.231.0.11",
+    "--router",
+    "50:2",
+  ]);
+  await startSim([
+    "--devices",
+    "1",
+    "--first-instance",
+    "8101",
+    "--address",
+    "10.231.0.15",
+    "--router",
+    "60:1",
+    "--i-am-broadcast",
+  ]);
+});
+
+async function startSim(args: string[]): Promise<void> {
   const child = spawn(
     "ip",
     [
@@ -77,21 +114,14 @@ beforeAll(async () => {
       process.execPath,
       bin,
       "simulate",
-      "--devices",
-      "3",
-      "--first-instance",
-      "8001",
-      "--address",
-      "10.231.0.11",
-      "--router",
-      "50:2",
+      ...args,
       "--broadcast-address",
       "10.231.0.255",
       "--json",
     ],
     { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, BACMQTT_LOG_LEVEL: "warn" } },
   );
-  sim = child;
+  sims.push(child);
   let out = "";
   child.stdout?.on("data", (d: Buffer) => {
     out += d.toString();
@@ -104,12 +134,13 @@ beforeAll(async () => {
     await new Promise((r) => setTimeout(r, 100));
   }
   if (!out.includes("]")) throw new Error(`simulator did not start: ${out}`);
-});
+}
 
 afterAll(async () => {
   if (!canRun) return;
-  if (sim && sim.exitCode === null) {
-    const exited = new Promise((r) => sim?.once("exit", r));
+  for (const sim of sims) {
+    if (sim.exitCode !== null) continue;
+    const exited = new Promise((r) => sim.once("exit", r));
     sim.kill("SIGTERM");
     await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
     if (sim.exitCode === null) sim.kill("SIGKILL");
@@ -128,7 +159,7 @@ function cleanup(): void {
 }
 
 describe.skipIf(!canRun)("broadcast Who-Is inside network namespaces", () => {
-  it("is answered by every device on the subnet, and by routed devices for a global broadcast", () => {
+  it("is answered by every device on the subnet, by routed devices for a global broadcast, and by broadcast I-Ams where configured", () => {
     const output = execFileSync("ip", ["netns", "exec", NS_CLI, process.execPath, "-e", CLIENT], {
       encoding: "utf8",
       timeout: 20_000,
@@ -136,29 +167,51 @@ describe.skipIf(!canRun)("broadcast Who-Is inside network namespaces", () => {
     const frames = output
       .split("\n")
       .filter(Boolean)
-      .map((line) => JSON.parse(line) as { phase: string; address: string; port: number; hex: string })
-      .map((l) => ({ phase: l.phase, frame: parseFrame(Buffer.from(l.hex, "hex"), l) }));
-    const iAms = (phase: string) =>
+      .map(
+        (line) =>
+          JSON.parse(line) as { phase: string; via: string; address: string; port: number; hex: string },
+      )
+      .map((l) => ({ phase: l.phase, via: l.via, frame: parseFrame(Buffer.from(l.hex, "hex"), l) }));
+    const iAms = (phase: string, via: string) =>
       frames
-        .filter((f) => f.phase === phase && f.frame.body[0] === 0x10 && f.frame.body[1] === 0x00)
+        .filter(
+          (f) => f.phase === phase && f.via === via && f.frame.body[0] === 0x10 && f.frame.body[1] === 0x00,
+        )
         .map(({ frame }: { frame: Frame }) => ({
           instance: (appValue(decodeItems(frame.body, 2)[0] as never) as { instance: number }).instance,
           from: frame.from.address,
+          bvlc: frame.bvlc,
+          dnet: frame.npdu.dnet ?? null,
           snet: frame.npdu.snet ?? null,
           sadr: frame.npdu.sadr ?? null,
         }))
         .sort((a, b) => a.instance - b.instance);
-    expect(iAms("local")).toEqual([
-      { instance: 8001, from: "10.231.0.11", snet: null, sadr: null },
-      { instance: 8002, from: "10.231.0.12", snet: null, sadr: null },
-      { instance: 8003, from: "10.231.0.13", snet: null, sadr: null },
+    const plain = (instance: number, from: string) => ({
+      instance,
+      from,
+      bvlc: 0x0a,
+      dnet: null,
+      snet: null,
+      sadr: null,
+    });
+    expect(iAms("local", "unicast")).toEqual([
+      plain(8001, "10.231.0.11"),
+      plain(8002, "10.231.0.12"),
+      plain(8003, "10.231.0.13"),
     ]);
-    expect(iAms("global")).toEqual([
-      { instance: 8001, from: "10.231.0.11", snet: null, sadr: null },
-      { instance: 8002, from: "10.231.0.12", snet: null, sadr: null },
-      { instance: 8003, from: "10.231.0.13", snet: null, sadr: null },
-      { instance: 8004, from: "10.231.0.14", snet: 50, sadr: [1] },
-      { instance: 8005, from: "10.231.0.14", snet: 50, sadr: [2] },
+    expect(iAms("global", "unicast")).toEqual([
+      plain(8001, "10.231.0.11"),
+      plain(8002, "10.231.0.12"),
+      plain(8003, "10.231.0.13"),
+      { instance: 8004, from: "10.231.0.14", bvlc: 0x0a, dnet: null, snet: 50, sadr: [1] },
+      { instance: 8005, from: "10.231.0.14", bvlc: 0x0a, dnet: null, snet: 50, sadr: [2] },
+    ]);
+    // The broadcasting simulator's I-Ams arrive as Original-Broadcast-NPDUs; the routed one as a
+    // global broadcast from its router, with SNET/SADR.
+    expect(iAms("local", "broadcast")).toEqual([{ ...plain(8101, "10.231.0.15"), bvlc: 0x0b }]);
+    expect(iAms("global", "broadcast")).toEqual([
+      { ...plain(8101, "10.231.0.15"), bvlc: 0x0b },
+      { instance: 8102, from: "10.231.0.16", bvlc: 0x0b, dnet: 0xffff, snet: 60, sadr: [1] },
     ]);
   });
 });

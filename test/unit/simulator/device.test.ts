@@ -29,9 +29,10 @@ function makeDevice(overrides: Partial<ConstructorParameters<typeof SimDevice>[0
       firmwareRevision: "1",
       changeIntervalMs: 0,
       seed: 1,
+      iAmBroadcast: false,
       ...overrides,
     },
-    { send: (_d, _p, apdu) => sent.push(apdu) },
+    { send: (_d, _p, apdu) => sent.push(apdu), broadcast: () => false },
     counters,
     undefined,
   ).init();
