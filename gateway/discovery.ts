@@ -126,7 +126,7 @@ export class Discovery {
     await this.bridge.removeDevice(device, reason);
   }
 
-  /** Runs a scan after any scan in progress. `scheduled` scans use the configured range and targets. */
+  /** Runs a scan after any scan in progress (`scheduled`: from the timer or the start, not a request). */
   scan(request: ScanRequest, scheduled = false): Promise<ScanResult> {
     const run = this.chain.then(() => this.runScan(request, scheduled));
     this.chain = run.catch(() => undefined);
@@ -139,9 +139,10 @@ export class Discovery {
     const scanId = `s-${this.scans}-${Date.now().toString(36)}`;
     const started = Date.now();
     const options: DiscoverOptions = {
-      low: request.low ?? (scheduled ? d.low : undefined),
-      high: request.high ?? (scheduled ? d.high : undefined),
-      targets: request.targets ?? (scheduled && d.targets.length ? d.targets : undefined),
+      // A request's options win; what it leaves out comes from the configured site scan.
+      low: request.low ?? d.low,
+      high: request.high ?? d.high,
+      targets: request.targets ?? (d.targets.length ? d.targets : undefined),
       broadcast: request.broadcast ?? this.config.bacnet.broadcast,
       timeoutS: request.timeout_s ?? d.timeout_s,
       chunkSize: request.chunk_size ?? d.chunk_size,
@@ -180,7 +181,8 @@ export class Discovery {
         if (entry) void this.bridge.publishMeta(entry);
       }
     }
-    const full = options.low === undefined && options.high === undefined && options.targets === undefined;
+    // Only a scan of the whole configured site can tell that a device is gone.
+    const full = request.low === undefined && request.high === undefined && request.targets === undefined;
     if (full) this.noticeLost(new Set(found.map((f) => f.deviceInstance)));
     await this.bridge.publishDevices();
     const result: ScanResult = {
