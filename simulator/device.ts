@@ -770,6 +770,9 @@ export class SimDevice {
         }
         if (ref.prop === Prop.all || ref.prop === Prop.required || ref.prop === Prop.optional) {
           for (const p of this.propertiesOf(target)) {
+            // Property_List is left out of ALL and REQUIRED, as bacnet-stack does: it came with
+            // 135-2010, and older clients' view of "all properties" predates it.
+            if (p === Prop.propertyList) continue;
             if (ref.prop === Prop.required && this.isOptional(target, p)) continue;
             if (ref.prop === Prop.optional && !this.isOptional(target, p)) continue;
             this.writeResult(w, target, p, undefined);

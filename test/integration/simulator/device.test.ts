@@ -371,6 +371,26 @@ describe("ReadPropertyMultiple", () => {
     ])
       expect(props).toContain(p);
     expect(bo?.results.every((x) => x.values !== undefined)).toBe(true);
+    expect(props).not.toContain(P.propertyList);
+  });
+
+  it("splits REQUIRED from OPTIONAL properties", async () => {
+    const read = async (which: number) => {
+      const r = await client.request(dev, { invokeId: nextInvoke(), service: RPM }, [
+        ...enc.ctxObjectId(0, 0, 1),
+        ...enc.open(1),
+        ...enc.ctxUint(0, which),
+        ...enc.close(1),
+      ]);
+      if (r.type !== "complex") throw new Error("expected ACK");
+      return rpmResults(r.data)[0]?.results.map((x) => x.prop) ?? [];
+    };
+    const required = await read(105);
+    const optional = await read(80);
+    expect(required).toEqual(expect.arrayContaining([P.objectName, P.presentValue, P.statusFlags, P.units]));
+    expect(required).not.toContain(P.description);
+    expect(optional).toEqual(expect.arrayContaining([P.description, P.covIncrement]));
+    expect(optional).not.toContain(P.presentValue);
   });
 
   it("is rejected with unrecognized-service by a device configured without it", async () => {
