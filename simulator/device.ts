@@ -197,6 +197,14 @@ export class SimDevice {
   subscriptions = new Map<string, CovSubscription>();
   pending = new Map<number, PendingConfirmed>();
   nextInvokeId = 0;
+  /** Work that must follow the SimpleACK of the request being handled (COV notifications). */
+  private afterAck: (() => void) | undefined;
+
+  private runAfterAck(): void {
+    const after = this.afterAck;
+    this.afterAck = undefined;
+    after?.();
+  }
 
   constructor(
     opts: DeviceOptions,
@@ -389,6 +397,7 @@ export class SimDevice {
     const service = buf[offset + 3] as number;
     const r = new Reader(buf, offset + 4, end);
     data.reset();
+    this.afterAck = undefined;
     let outcome: PropError | "ack" | "simple";
     try {
       switch (service) {
@@ -404,7 +413,7 @@ export class SimDevice {
           break;
         case Confirmed.subscribeCov:
           if (!this.opts.cov) throw new RejectError(RejectReason.unrecognizedService);
-          outcome = this.subscribeCov(r, peer, invokeId);
+          outcome = this.subscribeCov(r, peer);
           break;
         default:
           throw new RejectError(RejectReason.unrecognizedService);
@@ -425,8 +434,7 @@ export class SimDevice {
       w.u8(invokeId);
       w.u8(service);
       this.respond(peer, w.take());
-      if (service === Confirmed.subscribeCov) this.afterSubscribe();
-      if (service === Confirmed.writeProperty) this.afterWrite();
+      this.runAfterAck();
       return;
     }
     if (outcome !== "ack") {
@@ -814,8 +822,6 @@ export class SimDevice {
     w.close(5);
   }
 
-  private lastWritten: SimObject | undefined;
-
   private writeProperty(r: Reader): PropError | "simple" {
     const id = r.ctxObjectId(0);
     const prop = r.ctxUnsigned(1);
@@ -846,7 +852,8 @@ export class SimDevice {
     }
     const e = writeObjectProperty(target, prop, index, values, priority, this.tick(), this.moving);
     if (e) return e;
-    this.lastWritten = target;
+    // COV notifications caused by the write follow its SimpleACK.
+    this.afterAck = () => this.checkCov(target);
     return "simple";
   }
 
@@ -863,18 +870,10 @@ export class SimDevice {
     return "simple";
   }
 
-  private afterWrite(): void {
-    const o = this.lastWritten;
-    this.lastWritten = undefined;
-    if (o) this.checkCov(o);
-  }
-
   // -------------------------------------------------------------------------------------------
   // COV (clause 13.1, SubscribeCOV clause 13.14).
 
-  private lastSubscribed: CovSubscription | undefined;
-
-  private subscribeCov(r: Reader, peer: Peer, _invokeId: number): PropError | "simple" {
+  private subscribeCov(r: Reader, peer: Peer): PropError | "simple" {
     const processId = r.ctxUnsigned(0);
     const id = r.ctxObjectId(1);
     let confirmed: boolean | undefined;
@@ -916,15 +915,9 @@ export class SimDevice {
       lastOos: target.outOfService,
     };
     this.subscriptions.set(key, sub);
-    this.lastSubscribed = sub;
+    // The initial notification follows the SimpleACK (clause 13.1.2).
+    this.afterAck = () => this.notify(sub, presentValue(sub.obj, this.tick(), this.moving), Date.now());
     return "simple";
-  }
-
-  /** The initial notification follows the SimpleACK (clause 13.1.2). */
-  private afterSubscribe(): void {
-    const sub = this.lastSubscribed;
-    this.lastSubscribed = undefined;
-    if (sub) this.notify(sub, presentValue(sub.obj, this.tick(), this.moving), Date.now());
   }
 
   /** Expires subscriptions and sends notifications for changed values; called on a timer. */
