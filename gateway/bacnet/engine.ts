@@ -83,6 +83,10 @@ interface CovSub {
   object: ObjectRef;
   processId: number;
   active: boolean;
+  /** A SubscribeCOV went out for it: it must be cancelled on shutdown even if never confirmed. */
+  sent: boolean;
+  /** The SubscribeCOV in flight, awaited before cancelling so a late renewal cannot outlive stop(). */
+  inflight?: Promise<unknown>;
   lastNotification: number;
   renewTimer?: NodeJS.Timeout;
   silentTimer?: NodeJS.Timeout;
@@ -867,10 +871,17 @@ export class Engine extends EventEmitter implements BacnetEngine {
       this.clearSub(s);
       this.covByProcess.delete(s.processId);
     }
-    if (!cancelCov || !this.client) return;
+    if (!cancelCov) return;
+    await this.cancelSubs(m, subs);
+  }
+
+  private async cancelSubs(m: Managed, subs: CovSub[]): Promise<void> {
+    if (!this.client) return;
+    // Bounded: shutdown must not wait for a dead device's retries.
+    await Promise.race([Promise.allSettled(subs.map((s) => s.inflight)), sleep(2000)]);
     await Promise.allSettled(
       subs
-        .filter((s) => s.active)
+        .filter((s) => s.sent)
         .map((s) =>
           this.client?.request(
             m.dest,
@@ -892,7 +903,17 @@ export class Engine extends EventEmitter implements BacnetEngine {
     m.options = { ...m.options, ...stripUndefined(options) };
     for (const t of m.pollTimers.values()) clearTimeout(t);
     m.pollTimers.clear();
+    // Subscriptions follow the new selection: cancel the old ones, subscribe afresh if COV is on.
+    const old = [...m.covs.values()];
+    m.covs.clear();
+    m.covFallback.clear();
+    for (const sub of old) {
+      this.clearSub(sub);
+      this.covByProcess.delete(sub.processId);
+    }
+    this.cancelSubs(m, old).catch((err: unknown) => this.emit("error", err as Error));
     this.schedule(m);
+    if ((m.options.cov ?? this.opts.cov) && m.cat.supportsCov && m.online) this.subscribeAll(m);
     return { ...m.options };
   }
 
@@ -1045,6 +1066,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
           object: { type: parsed.objectType, instance: parsed.instance },
           processId: this.nextProcessId++,
           active: false,
+          sent: false,
           lastNotification: 0,
         };
         m.covs.set(p.point, s);
@@ -1056,9 +1078,11 @@ export class Engine extends EventEmitter implements BacnetEngine {
 
   private async subscribe(m: Managed, s: CovSub, first: boolean): Promise<void> {
     if (m.stopped || !m.online) return;
-    const lifetime = m.options.cov === false ? 0 : this.opts.covLifetimeS;
+    // Never 0: that would ask for a subscription without end, which we could not clean up.
+    const lifetime = Math.max(1, this.opts.covLifetimeS);
     try {
-      await this.c().request(
+      s.sent = true;
+      const req = this.c().request(
         m.dest,
         Service.SUBSCRIBE_COV,
         encodeSubscribeCov(s.processId, s.object, {
@@ -1067,6 +1091,8 @@ export class Engine extends EventEmitter implements BacnetEngine {
         }),
         { label: `SubscribeCOV ${s.point} @${m.cat.deviceInstance}` },
       );
+      s.inflight = req;
+      await req;
     } catch (err) {
       if (m.stopped) return;
       const e = err as BacnetError;
@@ -1080,7 +1106,8 @@ export class Engine extends EventEmitter implements BacnetEngine {
       this.fallback(m, s, `${e.code}: ${e.message}`);
       return;
     }
-    if (m.stopped) return;
+    // Replaced meanwhile (options changed): the device lets the orphan expire with its lifetime.
+    if (m.stopped || m.covs.get(s.point) !== s) return;
     s.active = true;
     this.armRenew(m, s);
     if (first) {
@@ -1102,6 +1129,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
     const ms = Math.max(1000, this.opts.covLifetimeS * 750);
     s.renewTimer = setTimeout(() => {
       s.renewTimer = undefined;
+      if (m.stopped || m.covs.get(s.point) !== s) return;
       this.subscribe(m, s, false).catch((err: unknown) => this.emit("error", err as Error));
     }, ms);
   }
