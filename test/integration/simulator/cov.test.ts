@@ -170,6 +170,24 @@ describe("SubscribeCOV", () => {
     await subscribe(dev, 20, 1, 1, "cancel");
   });
 
+  it("notifies a change of status flags when an input goes out of service", async () => {
+    expect((await subscribe(dev, 21, 3, 1, { lifetime: 60 })).type).toBe("simple");
+    const initial = await nextNotification((x) => x.processId === 21);
+    expect(initial?.values[111]).toEqual([false, false, false, false]);
+    const wp = await client.request(dev, { invokeId: nextInvoke(), service: WP }, [
+      ...enc.ctxObjectId(0, 3, 1),
+      ...enc.ctxUint(1, 81),
+      ...enc.open(3),
+      ...enc.appBool(true),
+      ...enc.close(3),
+    ]);
+    expect(wp.type).toBe("simple");
+    const n = await nextNotification((x) => x.processId === 21);
+    expect(n?.values[111]).toEqual([false, false, false, true]);
+    expect(n?.values[85]).toBe(initial?.values[85]);
+    await subscribe(dev, 21, 3, 1, "cancel");
+  });
+
   it("stops notifying after cancellation", async () => {
     expect((await subscribe(dev, 14, 13, 1, { lifetime: 300 })).type).toBe("simple");
     expect(await nextNotification((n) => n.processId === 14)).toBeDefined();
