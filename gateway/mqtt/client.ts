@@ -49,6 +49,7 @@ export class GatewayMqtt extends EventEmitter<GatewayMqttEvents> {
   private seq = 0;
   private seqUsed = false;
   private stopping = false;
+  private lastError: string | undefined;
   private readonly retained = new Set<string>();
   readonly stats = { published: 0, failed: 0, skipped: 0 };
 
@@ -95,7 +96,12 @@ export class GatewayMqtt extends EventEmitter<GatewayMqttEvents> {
     this.client = client;
     client.on("connect", () => this.onConnect());
     client.on("close", () => this.onClose());
-    client.on("error", (err) => this.log.warn({ err: err.message }, "mqtt error"));
+    client.on("error", (err) => {
+      // A broker that stays away fails every reconnect the same way: say it once, then at debug.
+      if (err.message === this.lastError) this.log.debug({ err: err.message }, "mqtt error (again)");
+      else this.log.warn({ err: err.message }, "mqtt error");
+      this.lastError = err.message;
+    });
     client.on("message", (topic, payload) => {
       const prefix = `${this.topics.root}/`;
       if (topic.startsWith(prefix)) this.emit("message", topic.slice(prefix.length), payload);
@@ -118,6 +124,7 @@ export class GatewayMqtt extends EventEmitter<GatewayMqttEvents> {
   private onConnect(): void {
     if (this.stopping) return;
     this.seqUsed = true;
+    this.lastError = undefined;
     this.log.info({ bd_seq: this.seq }, "mqtt connected");
     void this.publish(Topics.bridgeRel("state"), this.statePayload("online"), TOPIC_QOS.state).then(() => {
       if (this.connected) this.emit("online", this.seq);
