@@ -50,8 +50,8 @@ s.bind(47808, "10.231.0.2", () => {
     phase = "global";
     // Who-Is as a global broadcast (DNET 0xFFFF, hop count 255) to the limited broadcast address.
     s.send(Buffer.from("810b000c0120ffff00ff1008", "hex"), 47808, "255.255.255.255");
-    setTimeout(() => { s.close(); b.close(); process.exit(0); }, 1500);
-  }, 1500);
+    setTimeout(() => { s.close(); b.close(); process.exit(0); }, 2500);
+  }, 2500);
 });
 `;
 

@@ -297,7 +297,7 @@ export interface SegmentPolicy {
   seen?: { seq: number; more: boolean; proposedWindow: number; length: number }[];
 }
 
-const WAIT_MS = 5000;
+const WAIT_MS = 10_000;
 
 export class RawClient {
   readonly socket: dgram.Socket;
