@@ -117,10 +117,11 @@ export async function buildApp(options: ApiOptions = {}): Promise<FastifyInstanc
       global: true,
       max: rl.max,
       timeWindow: rl.timeWindowMs,
-      // Per key when one is presented (hashed: the key never sits in memory tables), else per address.
+      // Per key once the key is known good (hashed: the key itself never sits in the limiter's
+      // table), else per address, so that inventing keys does not buy fresh budgets.
       keyGenerator: (request) => {
         const key = presentedKey(request);
-        return key ? `k:${hashKey(key).slice(0, 24)}` : `a:${request.ip}`;
+        return key && app.apiKeyKnown(key) ? `k:${hashKey(key).slice(0, 24)}` : `a:${request.ip}`;
       },
       errorResponseBuilder: (_request, context) => ({
         statusCode: 429,

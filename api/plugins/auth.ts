@@ -17,6 +17,10 @@ export interface Principal {
 }
 
 declare module "fastify" {
+  interface FastifyInstance {
+    /** Whether a key is known good right now (from the cache, without a query): for the rate limiter. */
+    apiKeyKnown(key: string): boolean;
+  }
   interface FastifyContextConfig {
     access?: Access;
   }
@@ -48,6 +52,10 @@ export const authPlugin = fp<AuthOptions>(
     const cache = new Map<string, { principal: Principal | null; until: number }>();
     const touched = new Map<number, number>();
     app.decorateRequest("principal", null);
+    app.decorate("apiKeyKnown", (key: string) => {
+      const hit = cache.get(key);
+      return hit !== undefined && hit.principal !== null && hit.until > Date.now();
+    });
 
     async function resolve(key: string): Promise<Principal | null> {
       const now = Date.now();
@@ -66,7 +74,9 @@ export const authPlugin = fp<AuthOptions>(
       return principal;
     }
 
-    app.addHook("onRequest", async (request: FastifyRequest, _reply: FastifyReply) => {
+    // preValidation: after the rate limiter (a route-level onRequest hook, which runs after global
+    // onRequest hooks) and after the size-limited body is read, before anything looks at its content.
+    app.addHook("preValidation", async (request: FastifyRequest, _reply: FastifyReply) => {
       const access = request.routeOptions.config?.access ?? "public";
       const key = presentedKey(request);
       if (key !== undefined) {
