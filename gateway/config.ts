@@ -68,7 +68,7 @@ export const GatewayConfigSchema = Type.Object(
         base_topic: Type.String({ default: DEFAULT_BASE_TOPIC, description: "First topic level(s)" }),
         username: Type.Optional(Type.String({ description: "Overrides the user in the URL" })),
         password: Type.Optional(Type.String({ description: "Secret: never published or logged" })),
-        client_id: Type.Optional(Type.String({ description: "Default: bacmqtt-gw-<gateway_id>" })),
+        client_id: Type.Optional(Type.String({ description: "Default: bacmqtt-gw-<gateway_id>-<random>" })),
         keepalive_s: Type.Integer({ default: 30, minimum: 0, maximum: 65535 }),
         reconnect_period_ms: Type.Integer({ default: 2000, minimum: 100, maximum: 600000 }),
         connect_timeout_ms: Type.Integer({ default: 10000, minimum: 100, maximum: 600000 }),

@@ -3,6 +3,7 @@
 // starts them in order and returns a handle whose `stop()` undoes it in reverse. `bacmqtt gateway`
 // and `bacmqtt all` both use it. Core parts (engine, buffer, MQTT) failing to start is fatal; an
 // optional feature failing (metrics, background discovery) is logged and the gateway runs on.
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { ConfigError, errorMessage } from "../common/errors.ts";
@@ -109,7 +110,9 @@ export async function startGateway(
     url: url.toString(),
     topics,
     dataDir: config.data_dir,
-    clientId: config.mqtt.client_id ?? `bacmqtt-gw-${config.gateway_id}`,
+    // Unique per process unless configured: two processes with one client id knock each other off
+    // the broker in turn (session takeover), which looks like a flapping gateway.
+    clientId: config.mqtt.client_id ?? `bacmqtt-gw-${config.gateway_id}-${randomBytes(4).toString("hex")}`,
     keepaliveS: config.mqtt.keepalive_s,
     reconnectPeriodMs: config.mqtt.reconnect_period_ms,
     connectTimeoutMs: config.mqtt.connect_timeout_ms,
