@@ -440,10 +440,12 @@ export class Engine extends EventEmitter implements BacnetEngine {
 
   private countReads(n: number): void {
     this.counters.readsTotal += n;
-    const now = Date.now();
-    this.readWindow.push({ t: now, n });
-    while (this.readWindow.length > 0 && (this.readWindow[0] as { t: number }).t < now - 10_000)
-      this.readWindow.shift();
+    // One bucket per second: a per-call list would cost O(n) shifts at thousands of reads/s.
+    const sec = Math.floor(Date.now() / 1000);
+    const last = this.readWindow[this.readWindow.length - 1];
+    if (last && last.t === sec) last.n += n;
+    else this.readWindow.push({ t: sec, n });
+    while (this.readWindow.length > 11) this.readWindow.shift();
   }
 
   async readPropertyRaw(
@@ -776,13 +778,26 @@ export class Engine extends EventEmitter implements BacnetEngine {
     }
   }
 
+  private readonly pointCache = new Map<string, ReturnType<typeof parsePointId>>();
+
+  /** parsePointId with a bounded cache: the scheduler asks for the same names every cycle. */
+  private parsePoint(p: string): ReturnType<typeof parsePointId> {
+    let v = this.pointCache.get(p);
+    if (v === undefined && !this.pointCache.has(p)) {
+      v = parsePointId(p);
+      if (this.pointCache.size > 200_000) this.pointCache.clear();
+      this.pointCache.set(p, v);
+    }
+    return v;
+  }
+
   async readPoints(device: number, points: string[]): Promise<ReadingPayload[]> {
     const k = this.knownOrThrow(device);
     const objs: { point: string; object: ObjectRef }[] = [];
     const ts = new Date().toISOString();
     const out: ReadingPayload[] = [];
     for (const p of points) {
-      const parsed = parsePointId(p);
+      const parsed = this.parsePoint(p);
       if (!parsed) out.push({ point: p, value: null, ts, quality: "bad", error: GW_ERR.POINT_UNKNOWN });
       else objs.push({ point: p, object: { type: parsed.objectType, instance: parsed.instance } });
     }
@@ -1252,7 +1267,9 @@ export class Engine extends EventEmitter implements BacnetEngine {
     const devices = [...this.managedDevices.values()];
     const online = devices.filter((d) => d.online).length;
     const now = Date.now();
-    const recent = this.readWindow.filter((w) => w.t >= now - 10_000).reduce((a, w) => a + w.n, 0);
+    const sec = Math.floor(now / 1000);
+    // The ten completed seconds before this one.
+    const recent = this.readWindow.filter((w) => w.t >= sec - 10 && w.t < sec).reduce((a, w) => a + w.n, 0);
     return {
       devices: { total: devices.length, online, offline: devices.length - online },
       points: devices.reduce((a, d) => a + d.cat.points.length, 0),
