@@ -161,7 +161,8 @@ export async function buildApp(options: ApiOptions = {}): Promise<FastifyInstanc
         ),
       },
     });
-    await app.register(swaggerUi, { routePrefix: "/docs", staticCSP: true });
+    // The app-wide CSP (helmet) covers Swagger UI: its scripts are files, its styles partly inline.
+    await app.register(swaggerUi, { routePrefix: "/docs" });
   }
 
   await app.register(inventoryRoutes);

@@ -33,6 +33,8 @@ let page: Page;
 let key: string;
 const temp: string[] = [];
 let targets: string;
+/** Errors the page logs (script errors, CSP violations): there must be none. */
+const consoleErrors: string[] = [];
 
 describe.skipIf(!existsSync(CHROMIUM))("web console in headless Chromium (whole stack)", () => {
   beforeAll(async () => {
@@ -106,6 +108,10 @@ describe.skipIf(!existsSync(CHROMIUM))("web console in headless Chromium (whole 
     });
     page = context.pages()[0] ?? (await context.newPage());
     page.setDefaultTimeout(20_000);
+    page.on("console", (m) => {
+      if (m.type() === "error") consoleErrors.push(m.text());
+    });
+    page.on("pageerror", (err) => consoleErrors.push(err.message));
   });
 
   afterAll(async () => {
@@ -198,5 +204,14 @@ describe.skipIf(!existsSync(CHROMIUM))("web console in headless Chromium (whole 
     expect(text).toContain("33.5");
     expect(text).toContain("ok");
     await page.screenshot({ path: path.join(SHOTS, "audit.png") });
+  });
+
+  it("serves the OpenAPI documentation, and nothing logged an error", async () => {
+    await page.goto(`${api.url}/docs`);
+    await page.locator(".opblock").first().waitFor();
+    expect(await page.locator(".opblock").count()).toBeGreaterThan(20);
+    // The first page load asks without a key (reads may be open) and gets 401s: that is how the
+    // console learns it needs one. Anything else is a fault.
+    expect(consoleErrors.filter((e) => !/status of 401/.test(e))).toEqual([]);
   });
 });
