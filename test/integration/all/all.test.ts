@@ -124,23 +124,31 @@ describe("bacmqtt all --simulate", () => {
       const key = readFileSync(path.join(dataDir, "admin-key"), "utf8").trim();
       expect(first.stdout()).toContain(key);
 
-      const devices = await eventually(async () => {
-        const body = (await getJson(`${base}/api/devices`)) as {
-          total: number;
-          items: { device_instance: number; online: boolean }[];
-        };
-        return body.total === 2 && body.items.every((d) => d.online) ? body : undefined;
-      }, "two simulated devices online", 180);
+      const devices = await eventually(
+        async () => {
+          const body = (await getJson(`${base}/api/devices`)) as {
+            total: number;
+            items: { device_instance: number; online: boolean }[];
+          };
+          return body.total === 2 && body.items.every((d) => d.online) ? body : undefined;
+        },
+        "two simulated devices online",
+        180,
+      );
       expect(devices.items.map((d) => d.device_instance).sort()).toEqual([1001, 1002]);
 
       // Readings flow from the simulator through gateway, broker and ingest into the database.
-      const readings = await eventually(async () => {
-        const dev = (await getJson(`${base}/api/devices/local/1001`)) as {
-          points: { point: string; value?: unknown }[];
-        };
-        const withValue = dev.points.filter((p) => p.value !== undefined && p.value !== null);
-        return withValue.length >= 5 ? withValue : undefined;
-      }, "point values of device 1001", 180);
+      const readings = await eventually(
+        async () => {
+          const dev = (await getJson(`${base}/api/gateways/local/devices/1001`)) as {
+            points: { point: string; latest: { time: string; value: number | null } | null }[];
+          };
+          const withValue = dev.points.filter((p) => p.latest !== null && p.latest.value !== null);
+          return withValue.length >= 5 ? withValue : undefined;
+        },
+        "point values of device 1001",
+        180,
+      );
       expect(readings.length).toBeGreaterThanOrEqual(5);
       const health = (await getJson(`${base}/api/health`)) as {
         status: string;
