@@ -1,7 +1,8 @@
 // Container health checks for the bacmqtt image, in plain Node (no tsx start-up cost, no curl in the
 // slim image). Exit 0 = healthy, 1 = unhealthy; one line on stderr says why.
 //   node deploy/docker/healthcheck.mjs tcp HOST PORT        a TCP connect succeeds
-//   node deploy/docker/healthcheck.mjs http URL             GET answers 2xx
+//   node deploy/docker/healthcheck.mjs http URL [REGEX…]    GET answers 2xx, and the body matches
+//                                                           every REGEX (multiline, e.g. a metric line)
 //   node deploy/docker/healthcheck.mjs mqtt URL             an MQTT 3.1.1 CONNECT is answered by a CONNACK
 // MQTT: a CONNACK of any return code proves the broker is serving (auth refusals included), so
 // the check needs no credentials.
@@ -24,14 +25,19 @@ function tcp(host, port) {
   socket.on("error", (err) => fail(`tcp ${host}:${port}: ${err.message}`));
 }
 
-async function http(url) {
+async function http(url, patterns) {
+  let res;
+  let body;
   try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(TIMEOUT_MS) });
-    if (res.status >= 200 && res.status < 300) process.exit(0);
-    fail(`GET ${url}: HTTP ${res.status}`);
+    res = await fetch(url, { signal: AbortSignal.timeout(TIMEOUT_MS) });
+    body = await res.text();
   } catch (err) {
     fail(`GET ${url}: ${err.message}`);
+    return;
   }
+  if (res.status < 200 || res.status >= 300) fail(`GET ${url}: HTTP ${res.status}`);
+  for (const p of patterns) if (!new RegExp(p, "m").test(body)) fail(`GET ${url}: body does not match /${p}/`);
+  process.exit(0);
 }
 
 function mqtt(url) {
@@ -62,6 +68,6 @@ function mqtt(url) {
 
 const [kind, ...args] = process.argv.slice(2);
 if (kind === "tcp" && args.length === 2) tcp(args[0], args[1]);
-else if (kind === "http" && args.length === 1) await http(args[0]);
+else if (kind === "http" && args.length >= 1) await http(args[0], args.slice(1));
 else if (kind === "mqtt" && args.length === 1) mqtt(args[0]);
-else fail("usage: healthcheck.mjs tcp HOST PORT | http URL | mqtt URL");
+else fail("usage: healthcheck.mjs tcp HOST PORT | http URL [REGEX…] | mqtt URL");

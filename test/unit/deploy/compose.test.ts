@@ -113,7 +113,7 @@ describe("docker-compose.yml", () => {
       expect(compose.services, name).toHaveProperty(name);
     for (const [name, s] of Object.entries(compose.services)) {
       const oneShot = s.restart === "no";
-      if (!oneShot && name !== "gateway" && name !== "ingest")
+      if (!oneShot && name !== "gateway")
         expect(s.healthcheck?.test?.length ?? 0, `${name} health check`).toBeGreaterThan(0);
     }
   });
