@@ -13,7 +13,7 @@
 // MQTT.js reading the socket: TCP back-pressure up to the broker, bounded memory here.
 import mqtt, { type IPublishPacket, type MqttClient } from "mqtt";
 import type pg from "pg";
-import { errorMessage } from "../common/errors.ts";
+import { CodedError, errorMessage } from "../common/errors.ts";
 import { createLogger, type Logger } from "../common/logger.ts";
 import { Filters } from "../contract/index.ts";
 import { classify } from "./messages.ts";
@@ -118,13 +118,30 @@ export class IngestService {
     });
     this.client = client;
     client.handleMessage = (packet, callback) => this.onMessage(packet as IPublishPacket, callback);
+    let firstSubscription: ((err?: Error) => void) | undefined;
+    const subscribed = new Promise<void>((resolve, reject) => {
+      firstSubscription = (err) => (err ? reject(err) : resolve());
+    });
     client.on("connect", (connack) => {
       this.metrics.mqttConnected.set(1);
       this.log.info({ clientId, sessionPresent: connack.sessionPresent }, "connected to broker");
       // Subscribing again is harmless when the session is present and needed when it is not
       // (first start, or a broker that lost its sessions).
-      client.subscribe(this.subscriptions(), (err) => {
-        if (err) this.log.error({ err: err.message }, "subscribe failed");
+      client.subscribe(this.subscriptions(), (err, granted) => {
+        const refused = (granted ?? []).filter((g) => g.qos === 128).map((g) => g.topic);
+        const problem =
+          err?.message ??
+          (refused.length
+            ? `the broker refused ${refused.join(", ")}${
+                this.opts.shareGroup ? " (does it support shared subscriptions? aedes does not)" : ""
+              }`
+            : undefined);
+        if (problem) this.log.error({ err: problem }, "subscribe failed");
+        const settle = firstSubscription;
+        firstSubscription = undefined;
+        settle?.(
+          problem ? new CodedError("INGEST_ERR_SUBSCRIBE", `subscribe failed: ${problem}`) : undefined,
+        );
       });
     });
     client.on("close", () => {
@@ -149,7 +166,15 @@ export class IngestService {
       client.once("error", onError);
     });
     client.connect();
-    await connected;
+    try {
+      await connected;
+      await subscribed;
+    } catch (err) {
+      this.stopping = true;
+      this.wake?.();
+      await client.endAsync(true).catch(() => undefined);
+      throw err;
+    }
     if (this.opts.dialect === "portable" && (this.opts.retentionIntervalMs ?? 3_600_000) > 0) {
       this.retentionTimer = setInterval(() => {
         runPortableRetention(this.opts.pool, this.log).catch((err: unknown) =>

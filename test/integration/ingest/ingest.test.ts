@@ -336,3 +336,108 @@ if (timescaleUrl()) {
     it.skip(timescaleSkipNote(), () => {});
   });
 }
+
+const MOSQUITTO_URL = process.env.MOSQUITTO_URL ?? "mqtt://127.0.0.1:1883";
+async function reachable(url: string): Promise<boolean> {
+  const { connect } = await import("node:net");
+  const u = new URL(url);
+  return new Promise((resolve) => {
+    const s = connect(Number(u.port || 1883), u.hostname);
+    s.once("connect", () => s.end(() => resolve(true)));
+    s.once("error", () => resolve(false));
+  });
+}
+const mosquittoUp = await reachable(MOSQUITTO_URL);
+
+describe("ingest replicas (shared subscriptions) and /metrics", () => {
+  let db: TestDatabase;
+  let pool: pg.Pool;
+  beforeAll(async () => {
+    db = await createPostgresDatabase("bacmqtt_shared");
+    pool = new pg.Pool({ connectionString: db.url, max: 4 });
+    await migrate(pool);
+  });
+  afterAll(async () => {
+    await pool?.end();
+    await db?.drop();
+  });
+
+  it("refuses to start when the broker refuses the shared subscription (aedes has none)", async () => {
+    const mq = await broker();
+    const ingest = new IngestService({
+      mqttUrl: mq.url,
+      pool,
+      dialect: "portable",
+      clientId: "ingest-share-refused",
+      shareGroup: "ingest",
+      retentionIntervalMs: 0,
+    });
+    try {
+      await expect(ingest.start()).rejects.toMatchObject({ code: "INGEST_ERR_SUBSCRIBE" });
+    } finally {
+      await mq.close();
+    }
+  });
+
+  it.skipIf(!mosquittoUp)(
+    `two ingests in one share group on Mosquitto (${MOSQUITTO_URL}) store every reading once and expose metrics`,
+    async () => {
+      const { serveMetrics } = await import("../../../ingest/metrics.ts");
+      const { randomBytes } = await import("node:crypto");
+      const tag = randomBytes(4).toString("hex");
+      const base = `bacmqtt-test-${tag}`;
+      const replicas = ["a", "b"].map(
+        (id) =>
+          new IngestService({
+            mqttUrl: MOSQUITTO_URL,
+            pool,
+            dialect: "portable",
+            baseTopic: base,
+            clientId: `ingest-shared-${tag}-${id}`,
+            shareGroup: `ingest-${tag}`,
+            batchSize: 100,
+            batchWaitMs: 5,
+            retentionIntervalMs: 0,
+          }),
+      );
+      let pub: MqttClient | undefined;
+      const metrics = await serveMetrics(replicas[0]!.metrics, "127.0.0.1", 0);
+      try {
+        for (const r of replicas) await r.start();
+        pub = await publisher(MOSQUITTO_URL, `pub-shared-${tag}`);
+        const { Topics } = await import("../../../contract/index.ts");
+        const t = new Topics(base, "gw-shared");
+        const data = series({ points: 5, count: 200, start: Date.UTC(2026, 8, 1), stepS: 60 });
+        for (const part of chunks(data, 10)) await publishReadings(pub, t, 6001, part);
+        await eventually(
+          async () => (await count(pool, "SELECT count(*) AS n FROM readings")) === data.length,
+          "all rows",
+        );
+        for (const r of replicas) await r.drained();
+        const received = await Promise.all(
+          replicas.map(async (r) => Number((await r.metrics.readingsReceived.get()).values[0]?.value ?? 0)),
+        );
+        expect(received.reduce((a, b) => a + b, 0)).toBe(data.length); // each message went to one member
+        expect(Math.min(...received)).toBeGreaterThan(0); // and both took a share
+        const body = await (await fetch(`http://127.0.0.1:${metrics.port}/metrics`)).text();
+        for (const name of [
+          "bacmqtt_ingest_rows_total",
+          "bacmqtt_ingest_rows_per_second",
+          "bacmqtt_ingest_batch_duration_seconds_bucket",
+          "bacmqtt_ingest_lag_seconds",
+          "bacmqtt_ingest_dead_letters_total",
+          "bacmqtt_ingest_retries_total",
+        ]) {
+          expect(body).toContain(name);
+        }
+        expect(body).toMatch(new RegExp(`bacmqtt_ingest_readings_received_total ${received[0]}\\b`));
+      } finally {
+        await pub?.endAsync();
+        for (const r of replicas) await r.stop();
+        await metrics.close();
+      }
+    },
+  );
+  if (!mosquittoUp)
+    it.skip(`Mosquitto is not reachable at ${MOSQUITTO_URL}: the shared-subscription test is SKIPPED`, () => {});
+});

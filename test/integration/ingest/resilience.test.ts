@@ -7,7 +7,6 @@ import { fileURLToPath } from "node:url";
 import type { MqttClient } from "mqtt";
 import pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import type { RunningBroker } from "../../../broker/index.ts";
 import { migrate } from "../../../ingest/migrate.ts";
 import { IngestService } from "../../../ingest/service.ts";
 import { createPostgresDatabase, setDatabaseOnline, type TestDatabase } from "../../support/db-postgres.ts";
