@@ -126,9 +126,12 @@ export const liveRoutes: FastifyPluginAsyncTypebox = async (app) => {
     async (request, reply) => {
       const { gateway, device } = request.query;
       const types = new Set(request.query.types ? request.query.types.split(",") : LIVE_TYPES);
+      // Headers set by hooks so far (CORS, security headers) still apply to the hijacked stream.
+      const hooked = reply.getHeaders() as Record<string, string | number | string[]>;
       reply.hijack();
       const res = reply.raw;
       res.writeHead(200, {
+        ...hooked,
         "content-type": "text/event-stream; charset=utf-8",
         "cache-control": "no-cache, no-transform",
         connection: "keep-alive",

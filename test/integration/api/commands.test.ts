@@ -103,6 +103,8 @@ async function collectEvents(
   const res = await fetch(url, { headers: auth(keys.viewer), signal: ctrl.signal });
   expect(res.status).toBe(200);
   expect(res.headers.get("content-type")).toMatch(/^text\/event-stream/);
+  // Security headers set by hooks survive the hijacked stream.
+  expect(res.headers.get("content-security-policy")).toContain("default-src 'self'");
   const pending = during?.();
   const reader = (res.body as ReadableStream<Uint8Array>).pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
