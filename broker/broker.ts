@@ -120,6 +120,7 @@ export class MqttBroker {
   private base = DEFAULT_BASE_TOPIC;
   private users = new Map<string, UserEntry>();
   private readonly clients = new WeakMap<Client, ClientContext>();
+  private readonly awaitingConnack = new WeakMap<Client, () => void>();
   private servers: net.Server[] = [];
   private wss?: WebSocketServer;
   private redis?: RedisBackends;
@@ -459,6 +460,7 @@ export class MqttBroker {
         "connection error before CONNECT completed",
       );
     });
+    aedes.on("connackSent", (_packet, client) => this.awaitingConnack.get(client)?.());
     aedes.on("client", (client) => this.log.debug(this.clientFields(client), "client connected"));
     aedes.on("clientDisconnect", (client) =>
       this.log.debug(this.clientFields(client), "client disconnected"),
@@ -468,10 +470,42 @@ export class MqttBroker {
     });
   }
 
+  /**
+   * aedes restores a persistent session's subscriptions before it sends CONNACK, so a message
+   * arriving in between (likely with Redis, where delivery takes a round trip) went out before the
+   * CONNACK — against MQTT-3.2.0-1, and MQTT.js then never completes the connection. Deliveries to
+   * a client are therefore held until its CONNACK is out (or its connection is gone).
+   */
+  private deferUntilConnack(client: Client): void {
+    type Deliver = (packet: unknown, cb: () => void) => void;
+    const c = client as unknown as { deliver0?: Deliver; deliverQoS?: Deliver; connackSent?: boolean };
+    const deliver0 = c.deliver0;
+    const deliverQoS = c.deliverQoS;
+    if (typeof deliver0 !== "function" || typeof deliverQoS !== "function") return;
+    let pending: (() => void)[] | undefined = [];
+    const flush = () => {
+      const held = pending ?? [];
+      pending = undefined;
+      this.awaitingConnack.delete(client);
+      for (const deliver of held) deliver();
+    };
+    const wrap =
+      (deliver: Deliver): Deliver =>
+      (packet, cb) => {
+        if (pending === undefined || c.connackSent) deliver(packet, cb);
+        else pending.push(() => deliver(packet, cb));
+      };
+    c.deliver0 = wrap(deliver0);
+    c.deliverQoS = wrap(deliverQoS);
+    this.awaitingConnack.set(client, flush);
+    client.conn.once("close", flush);
+  }
+
   /** Hands a connection to aedes with the packet-size guard in front of its parser. */
   private handle(stream: Parameters<Aedes["handle"]>[0], req?: IncomingMessage): void {
     const aedes = this.aedes as Aedes;
     const client = aedes.handle(stream, req);
+    this.deferUntilConnack(client);
     const parser = (client as unknown as { _parser?: PacketParser })._parser;
     if (!parser || typeof parser._parseLength !== "function") return;
     const max = this.limits.maxPacketSize;

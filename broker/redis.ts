@@ -87,11 +87,30 @@ export async function openRedis(settings: RedisSettings, log: Logger): Promise<R
     connections.push(conn);
     return conn;
   };
+  // Commands wait out a Redis outage instead of failing after 20 retries, and the persistence's
+  // fire-and-forget commands (it does not await its will-list updates) can never become an
+  // unhandled rejection, which would end the process.
+  const store = open({
+    maxRetriesPerRequest: null,
+    ...(settings.keyPrefix ? { keyPrefix: settings.keyPrefix } : {}),
+  });
+  const send = store.sendCommand.bind(store);
+  store.sendCommand = (...args: Parameters<Redis["sendCommand"]>) => {
+    const result = send(...args);
+    if (result instanceof Promise) result.catch(() => undefined);
+    return result;
+  };
   const persistence = aedesPersistenceRedis({
-    conn: open(settings.keyPrefix ? { keyPrefix: settings.keyPrefix } : {}),
+    conn: store,
     maxSessionDelivery: settings.maxSessionDelivery ?? DEFAULT_SESSION_DELIVERY,
   });
   const mq = mqemitterRedis({ subConn: open({}), pubConn: open({}) });
+  // Both re-emit connection errors on emitters of their own; without a listener each would be an
+  // uncaught exception. The connections' listeners above already log them.
+  (mq as unknown as { state: NodeJS.EventEmitter }).state.on("error", () => undefined);
+  (persistence as NodeJS.EventEmitter).on?.("error", (err: Error) => {
+    log.error({ err: errorMessage(err) }, "Redis persistence error");
+  });
   return {
     persistence,
     mq,

@@ -1,16 +1,46 @@
 // Redis persistence against the real Redis at 127.0.0.1:6379: retained messages and a persistent
 // session's queued QoS 1 messages survive a broker restart, and two broker instances share one topic
 // space. Each run uses its own key prefix (and database 9) and deletes its keys afterwards.
+import { type ChildProcess, spawn } from "node:child_process";
+import net from "node:net";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningBroker, startBroker } from "../../../broker/index.ts";
 import { Topics } from "../../../contract/index.ts";
-import { connect, connectRecording, record, subscribe, uniqueId, waitFor } from "./helpers.ts";
+import { connect, connectRecording, record, sleep, subscribe, uniqueId, waitFor } from "./helpers.ts";
 
 const REDIS_URL = "redis://127.0.0.1:6379/9";
 const prefix = `${uniqueId("bacmqtt-test-")}:`;
 let redis: Redis;
 const running: RunningBroker[] = [];
+const children: ChildProcess[] = [];
+
+/** Waits (bounded) until something accepts connections on the port. */
+async function listening(port: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, "127.0.0.1");
+      socket.once("connect", () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once("error", () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`nothing listens on port ${port}`);
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
 
 async function start(): Promise<RunningBroker> {
   const broker = await startBroker({
@@ -36,6 +66,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const broker of [...running]) await stop(broker);
+  for (const child of children) child.kill("SIGKILL");
   let cursor = "0";
   for (let round = 0; round < 1000; round++) {
     const [next, keys] = await redis.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 500);
@@ -132,6 +163,92 @@ describe("Redis persistence", () => {
     await subscribe(late, topics.bridge("info"));
     await waitFor("retained message stored through B, read through A", () => retained.length === 1);
     await Promise.all([onA.endAsync(), onB.endAsync(), late.endAsync()]);
+  });
+
+  it("queues for a persistent session on one instance what is published on another, and delivers it there", async () => {
+    const topics = new Topics("bacmqtt", uniqueId("gw"));
+    const clientId = uniqueId("ingest");
+    const a = await start();
+    const b = await start();
+    const sub = await connect(a.url, { clientId, clean: false });
+    await subscribe(sub, topics.device(4, "readings"), 1);
+    await sub.endAsync();
+    const pub = await connect(b.url);
+    // B learns of the subscription made on A through Redis; probe until a message is queued for it.
+    const queue = `${prefix}outgoing:${encodeURIComponent(clientId)}`;
+    let queued = 0;
+    for (let i = 0; i < 50 && queued === 0; i++) {
+      await pub.publishAsync(topics.device(4, "readings"), `probe${i}`, { qos: 1 });
+      await waitFor("probe queued", () => queued > 0, 200).catch(() => undefined);
+      queued = await redis.llen(queue);
+    }
+    expect(queued).toBeGreaterThan(0);
+    for (let i = 0; i < 5; i++) await pub.publishAsync(topics.device(4, "readings"), `r${i}`, { qos: 1 });
+    await pub.endAsync();
+    // Reconnecting at once, while the last messages may still be on their way through Redis: the
+    // session must still get its CONNACK first (it used to hang here) and then every message.
+    const back = await connectRecording(b.url, { clientId, clean: false });
+    const wanted = ["r0", "r1", "r2", "r3", "r4"];
+    await waitFor("queued readings on the other instance", () =>
+      wanted.every((r) => back.messages.some((m) => m.payload === r)),
+    );
+    // At least once: a message both queued and in flight may arrive twice, never not at all.
+    const readings = new Set(back.messages.map((m) => m.payload).filter((p) => p.startsWith("r")));
+    expect(readings).toEqual(new Set(wanted));
+    await back.client.endAsync();
+  });
+
+  it("rides out a Redis outage: connections wait for Redis to return, nothing crashes", async () => {
+    // A private redis-server, so stopping it disturbs no one else.
+    const port = await freePort();
+    const startRedis = () => {
+      const child = spawn(
+        "redis-server",
+        ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        {
+          stdio: "ignore",
+        },
+      );
+      children.push(child);
+      return child;
+    };
+    let server = startRedis();
+    const url = `redis://127.0.0.1:${port}/0`;
+    await listening(port);
+    const broker = await startBroker({ port: 0, allowAnonymous: true, sysInterval: 0, redis: url });
+    running.push(broker);
+    const before = await connect(broker.url, { clientId: uniqueId("c"), clean: false });
+    await subscribe(before, "outage/t", 1);
+    await before.endAsync();
+
+    server.kill("SIGKILL");
+    await new Promise((resolve) => server.once("exit", resolve));
+    // Connecting now needs Redis (session lookup, will bookkeeping): it must wait, not fail or crash.
+    const during = connectRecording(broker.url, {
+      clientId: uniqueId("d"),
+      clean: false,
+      connectTimeout: 20_000,
+    });
+    let connected = false;
+    during.then(
+      () => {
+        connected = true;
+      },
+      () => undefined,
+    );
+    await sleep(1500);
+    expect(connected).toBe(false);
+
+    server = startRedis();
+    const { client } = await during;
+    expect(await subscribe(client, "outage/t", 1)).toBe(1);
+    const got = record(client);
+    const pub = await connect(broker.url);
+    await pub.publishAsync("outage/t", "after", { qos: 1 });
+    await waitFor("message after the outage", () => got.some((m) => m.payload === "after"));
+    await Promise.all([client.endAsync(), pub.endAsync()]);
+    await stop(broker);
+    server.kill("SIGKILL");
   });
 
   it("refuses to start when Redis cannot be reached, with one clear error", async () => {
