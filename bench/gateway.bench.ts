@@ -18,9 +18,9 @@ import { BrokerLink, hostPort } from "../test/integration/gateway/helpers.ts";
 
 const DEVICES = Number(process.env.BENCH_DEVICES ?? 40);
 const POINTS = Number(process.env.BENCH_POINTS ?? 50);
-const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const RUNS = Number(process.env.BENCH_RUNS ?? 5);
 const WARMUP_MS = 2000;
-const WINDOW_MS = Number(process.env.BENCH_WINDOW_MS ?? 6000);
+const WINDOW_MS = Number(process.env.BENCH_WINDOW_MS ?? 4000);
 const OUTAGE_MS = Number(process.env.BENCH_OUTAGE_MS ?? 8000);
 const ENGINE = {
   interface: "127.0.0.1",
