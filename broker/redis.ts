@@ -104,7 +104,12 @@ export async function openRedis(settings: RedisSettings, log: Logger): Promise<R
     conn: store,
     maxSessionDelivery: settings.maxSessionDelivery ?? DEFAULT_SESSION_DELIVERY,
   });
-  const mq = mqemitterRedis({ subConn: open({}), pubConn: open({}) });
+  // Messages, too, wait in ioredis' queue during an outage instead of being dropped after 20 retries
+  // (aedes has already acknowledged a QoS 1 publish by the time it hands it to the bus).
+  const mq = mqemitterRedis({
+    subConn: open({ maxRetriesPerRequest: null }),
+    pubConn: open({ maxRetriesPerRequest: null }),
+  });
   // Both re-emit connection errors on emitters of their own; without a listener each would be an
   // uncaught exception. The connections' listeners above already log them.
   (mq as unknown as { state: NodeJS.EventEmitter }).state.on("error", () => undefined);

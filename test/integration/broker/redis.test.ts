@@ -221,8 +221,15 @@ describe("Redis persistence", () => {
     await subscribe(before, "outage/t", 1);
     await before.endAsync();
 
+    const watcher = await connect(broker.url);
+    const watched = record(watcher);
+    await subscribe(watcher, "outage/t", 1);
+    const talker = await connect(broker.url);
+
     server.kill("SIGKILL");
     await new Promise((resolve) => server.once("exit", resolve));
+    // A message published during the outage is held and delivered once Redis is back.
+    talker.publish("outage/t", "during", { qos: 1 });
     // Connecting now needs Redis (session lookup, will bookkeeping): it must wait, not fail or crash.
     const during = connectRecording(broker.url, {
       clientId: uniqueId("d"),
@@ -246,7 +253,8 @@ describe("Redis persistence", () => {
     const pub = await connect(broker.url);
     await pub.publishAsync("outage/t", "after", { qos: 1 });
     await waitFor("message after the outage", () => got.some((m) => m.payload === "after"));
-    await Promise.all([client.endAsync(), pub.endAsync()]);
+    await waitFor("message from during the outage", () => watched.some((m) => m.payload === "during"));
+    await Promise.all([client.endAsync(), pub.endAsync(), watcher.endAsync(), talker.endAsync()]);
     await stop(broker);
     server.kill("SIGKILL");
   });
