@@ -98,6 +98,8 @@ interface IdSpace {
 }
 
 const MAX_REASSEMBLY_BYTES = 4 * 1024 * 1024;
+/** BVLL header of an Original-Unicast-NPDU; the length is patched per datagram. */
+const BVLL_UNICAST_HEAD = Buffer.from([0x81, Bvlc.ORIGINAL_UNICAST_NPDU, 0, 0]);
 const MAX_SEGMENT_WINDOW = 16;
 
 export class BacnetClient extends EventEmitter {
@@ -368,9 +370,15 @@ export class BacnetClient extends EventEmitter {
     if (this.closed) throw new BacnetError(GW_ERR.STOPPED, "BACnet endpoint stopped", "local");
     const key = peerKey(dest.ip, dest.port, dest.network, dest.mac);
     const peer = this.peerLimiter(key);
-    await peer.acquire();
+    const stopped = () => new BacnetError(GW_ERR.STOPPED, "BACnet endpoint stopped", "local");
+    // A limiter only rejects when it is closed, i.e. when the endpoint stops.
+    await peer.acquire().catch(() => {
+      throw stopped();
+    });
     try {
-      await this.global.acquire();
+      await this.global.acquire().catch(() => {
+        throw stopped();
+      });
       try {
         const invokeId = await this.allocateId(key);
         return await this.transact(key, invokeId, dest, service, body, options);
@@ -391,9 +399,14 @@ export class BacnetClient extends EventEmitter {
     options: { label?: string; timeoutMs?: number; retries?: number; maxApdu?: number },
   ): Promise<{ service: number; body: Buffer }> {
     this.counters.requests++;
-    const apdu = Buffer.concat([confirmedHeader(invokeId, service, 1476), body]);
-    const npdu = Buffer.concat([encodeNpdu(dest, true), apdu]);
-    const datagram = encodeBvll(Bvlc.ORIGINAL_UNICAST_NPDU, npdu);
+    // One allocation for the whole datagram: this is the hot path of polling.
+    const npdu = encodeNpdu(dest, true);
+    const head = confirmedHeader(invokeId, service, 1476);
+    const datagram = Buffer.concat(
+      [BVLL_UNICAST_HEAD, npdu, head, body],
+      4 + npdu.length + head.length + body.length,
+    );
+    datagram.writeUInt16BE(datagram.length, 2);
     return new Promise((resolve, reject) => {
       const p: Pending = {
         key,

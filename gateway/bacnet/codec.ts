@@ -372,7 +372,7 @@ interface EncodeBuffer {
 function withBuffer(fill: (b: EncodeBuffer) => void, size = 1600): Buffer {
   const b = { buffer: Buffer.alloc(size), offset: 0 };
   fill(b);
-  return Buffer.from(b.buffer.subarray(0, b.offset));
+  return b.buffer.subarray(0, b.offset);
 }
 
 export function encodeWhoIs(low?: number, high?: number): Buffer {

@@ -123,7 +123,9 @@ const DEFAULTS = {
   writeAllowlist: [] as string[],
 };
 
-const resKey = (o: ObjectRef, p: PropertyRef) => `${o.type}:${o.instance}:${p.id}:${p.index ?? ARRAY_ALL}`;
+// "" for "whole property": decoded answers say 0xFFFFFFFF, requests say undefined; both mean the same.
+const resKey = (o: ObjectRef, p: PropertyRef) =>
+  `${o.type}:${o.instance}:${p.id}:${p.index === undefined || p.index === ARRAY_ALL ? "" : p.index}`;
 
 /** Response bytes a property is likely to take; used to size RPM batches to the device's max APDU. */
 function estimate(p: PropertyRef): number {
