@@ -148,8 +148,9 @@ const b: number[] = [];
 let overruns = 0;
 let errors = 0;
 try {
-  // Warm the simulator processes up (JIT, sockets) before anything is measured.
+  // Warm both sides and the simulator processes up (JIT, sockets) before anything is measured.
   await baseline();
+  await ours();
   for (let r = 0; r < RUNS; r++) {
     // Alternate which side goes first: the simulator warms up (JIT) and the machine's load drifts.
     let x: Awaited<ReturnType<typeof ours>>;
