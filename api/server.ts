@@ -1,4 +1,5 @@
 // Creates the app, listens, and closes with grace. Nothing else: the app itself is in app.ts.
+import { CodedError, errorMessage } from "../common/errors.ts";
 import { type ApiOptions, buildApp } from "./app.ts";
 
 export interface ApiServer {
@@ -11,6 +12,7 @@ export async function startApi(
 ): Promise<ApiServer> {
   const app = await buildApp(options);
   try {
+    await checkSchema(app.db, app.log);
     await app.listen({ host: options.host ?? "127.0.0.1", port: options.port ?? 8080 });
   } catch (err) {
     await app.close();
@@ -29,4 +31,30 @@ export async function startApi(
       return closing;
     },
   };
+}
+
+/**
+ * A database without the schema is a setup mistake worth stopping for; an unreachable one is not
+ * (the api starts degraded, /api/health says so, and queries work once the database is back).
+ */
+async function checkSchema(
+  db: { query: (sql: string) => Promise<{ rows: { ok: boolean }[] }> },
+  log: { warn: (o: object, m: string) => void },
+): Promise<void> {
+  let ok: boolean | undefined;
+  try {
+    ok = (
+      await db.query(
+        "SELECT to_regclass('api_keys') IS NOT NULL AND to_regclass('devices') IS NOT NULL AS ok",
+      )
+    ).rows[0]?.ok;
+  } catch (err) {
+    log.warn({ err: errorMessage(err) }, "database unreachable at start; serving degraded until it is back");
+    return;
+  }
+  if (!ok)
+    throw new CodedError(
+      "API_ERR_NOT_MIGRATED",
+      "the database has no bacmqtt schema: run `bacmqtt migrate` (with the same --database-url) first",
+    );
 }

@@ -5,7 +5,11 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startBroker } from "../../../broker/index.ts";
-import { createPortableDatabase, type TestDatabase } from "../../support/db-postgres.ts";
+import {
+  createPortableDatabase,
+  createPostgresDatabase,
+  type TestDatabase,
+} from "../../support/db-postgres.ts";
 
 const bin = fileURLToPath(new URL("../../../bin/bacmqtt.mjs", import.meta.url));
 
@@ -66,6 +70,25 @@ describe("bacmqtt api", () => {
     expect(r.stderr).toMatch(/--port: "http" is not an integer/);
     expect(r.stderr).toMatch(/--read-access: "maybe"/);
     expect(r.stderr).toMatch(/--mqtt-url: "localhost" is not an MQTT URL/);
+  });
+
+  it("refuses to start on a database that was never migrated", async () => {
+    const empty = await createPostgresDatabase("bacmqtt_api_cli_empty");
+    try {
+      const r = spawnSync(
+        process.execPath,
+        [bin, "api", "--port", "0", "--host", "127.0.0.1", "--mqtt-url", broker.url],
+        {
+          encoding: "utf8",
+          timeout: 60_000,
+          env: { ...env(), DATABASE_URL: empty.url },
+        },
+      );
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/API_ERR_NOT_MIGRATED: .*bacmqtt migrate/);
+    } finally {
+      await empty.drop();
+    }
   });
 
   it("starts, reports healthy, serves the console and stops on SIGTERM", async () => {
