@@ -2,7 +2,8 @@
 // while it polls 10,000 and then 100,000 simulated points and publishes them to a broker, against
 // the same process with no devices (the runtime's own footprint) in the same run. RSS is sampled
 // from /proc once a second after every point has been read at least once; the row is the peak.
-// Runs alone: `npx tsx bench/memory.bench.ts` (bounded, under two minutes).
+// Runs alone: `npx tsx bench/memory.bench.ts` (bounded, under two minutes). BENCH_MEMORY_DEFAULT_HEAP=1
+// adds a run without the heap cap (V8 default sizing), for comparison.
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -20,7 +21,7 @@ import { spawnSimulatorProcesses } from "../simulator/processes.ts";
 const POINTS_PER_DEVICE = 100;
 const SIZES = (process.env.BENCH_MEMORY_POINTS ?? "10000,100000").split(",").map(Number);
 const POLL_S = 10;
-const STEADY_MS = Number(process.env.BENCH_STEADY_MS ?? 12_000);
+const STEADY_MS = Number(process.env.BENCH_STEADY_MS ?? 10_000);
 const TARGET_MB = 300;
 /** The heap cap docs/gateway.md recommends for the gateway service (NODE_OPTIONS). */
 const HEAP_FLAG = "--max-old-space-size=256";
@@ -48,6 +49,7 @@ async function measure(
   expectPoints: number,
   deadlineMs: number,
   heapFlag: string | null,
+  steadyMs = STEADY_MS,
 ): Promise<Measured> {
   const dataDir = path.join(dir, "data");
   mkdirSync(dataDir, { recursive: true });
@@ -93,7 +95,7 @@ async function measure(
     let peak = rssMb(pid);
     const v0 = values;
     const t0 = Date.now();
-    const until = Math.min(Date.now() + STEADY_MS, deadlineMs + STEADY_MS);
+    const until = Math.min(Date.now() + steadyMs, deadlineMs + steadyMs);
     while (Date.now() < until) {
       await sleep(1000);
       peak = Math.max(peak, rssMb(pid));
@@ -152,13 +154,13 @@ async function main(): Promise<void> {
       objectName: `SIM-${h.instance}`,
     });
 
-    const idle = await measure(broker.url, path.join(tmp, "idle"), [], 0, Date.now(), HEAP_FLAG);
+    const idle = await measure(broker.url, path.join(tmp, "idle"), [], 0, Date.now(), HEAP_FLAG, 6000);
     process.stdout.write(`idle gateway: ${idle.peakMb.toFixed(0)} MB\n`);
     const runs: { points: number; heapFlag: string | null }[] = SIZES.map((points) => ({
       points,
       heapFlag: HEAP_FLAG,
     }));
-    if (process.env.BENCH_MEMORY_DEFAULT_HEAP !== "0")
+    if (process.env.BENCH_MEMORY_DEFAULT_HEAP === "1")
       runs.push({ points: Math.max(...SIZES), heapFlag: null });
     let uncapped: Measured | undefined;
     for (const { points, heapFlag } of runs) {
