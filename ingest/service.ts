@@ -127,22 +127,33 @@ export class IngestService {
       this.log.info({ clientId, sessionPresent: connack.sessionPresent }, "connected to broker");
       // Subscribing again is harmless when the session is present and needed when it is not
       // (first start, or a broker that lost its sessions).
-      client.subscribe(this.subscriptions(), (err, granted) => {
-        const refused = (granted ?? []).filter((g) => g.qos === 128).map((g) => g.topic);
-        const problem =
-          err?.message ??
-          (refused.length
+      // One filter per SUBSCRIBE: aedes with Redis persistence never answers a SUBSCRIBE that
+      // carries several filters; one at a time works with every broker.
+      const filters = Object.entries(this.subscriptions());
+      Promise.all(
+        filters.map(([filter, opts]) =>
+          client.subscribeAsync(filter, opts).then(
+            (granted) => granted.filter((g) => g.qos === 128).map((g) => g.topic),
+            (err: Error) => [`${filter} (${err.message})`],
+          ),
+        ),
+      ).then(
+        (results) => {
+          const refused = results.flat();
+          const problem = refused.length
             ? `the broker refused ${refused.join(", ")}${
                 this.opts.shareGroup ? " (does it support shared subscriptions? aedes does not)" : ""
               }`
-            : undefined);
-        if (problem) this.log.error({ err: problem }, "subscribe failed");
-        const settle = firstSubscription;
-        firstSubscription = undefined;
-        settle?.(
-          problem ? new CodedError("INGEST_ERR_SUBSCRIBE", `subscribe failed: ${problem}`) : undefined,
-        );
-      });
+            : undefined;
+          if (problem) this.log.error({ err: problem }, "subscribe failed");
+          const settle = firstSubscription;
+          firstSubscription = undefined;
+          settle?.(
+            problem ? new CodedError("INGEST_ERR_SUBSCRIBE", `subscribe failed: ${problem}`) : undefined,
+          );
+        },
+        () => undefined,
+      );
     });
     client.on("close", () => {
       this.generation++;

@@ -55,5 +55,5 @@ describe("embedded PostgreSQL (PGlite over pglite-socket)", () => {
       await pool.end();
       await embedded.close();
     }
-  });
+  }, 180_000); // two WASM starts on a shared 2-core machine
 });
