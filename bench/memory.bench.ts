@@ -72,12 +72,17 @@ async function measure(
   const seen = new Set<string>();
   let values = 0;
   const sub = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 0 });
-  sub.on("message", (_t, payload) => {
+  let online = false;
+  sub.on("message", (topic, payload) => {
+    if (topic.endsWith("/bridge/state")) {
+      online ||= payload.toString().includes('"online"');
+      return;
+    }
     const p = JSON.parse(payload.toString()) as { device: number; readings: { point: string }[] };
     values += p.readings.length;
     for (const r of p.readings) seen.add(`${p.device}/${r.point}`);
   });
-  await sub.subscribeAsync(`${base}/gw/+/readings`, { qos: 0 });
+  await sub.subscribeAsync([`${base}/gw/+/readings`, `${base}/gw/bridge/state`], { qos: 0 });
   const child: ChildProcess = spawn(process.execPath, [bin, "gateway", "--config", config], {
     env: {
       ...process.env,
@@ -89,13 +94,15 @@ async function measure(
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   try {
     const pid = child.pid as number;
-    // Until every point has been read once (or the deadline), then a steady window of samples.
+    // Started (connected and born), then every point read once (or the deadline), then a steady window.
+    const startBy = Date.now() + 30_000;
+    while (!online && Date.now() < startBy) await sleep(100);
     while (seen.size < expectPoints && Date.now() < deadlineMs) await sleep(250);
     const reachedAll = seen.size >= expectPoints;
     let peak = rssMb(pid);
     const v0 = values;
     const t0 = Date.now();
-    const until = Math.min(Date.now() + steadyMs, deadlineMs + steadyMs);
+    const until = Date.now() + steadyMs;
     while (Date.now() < until) {
       await sleep(1000);
       peak = Math.max(peak, rssMb(pid));
