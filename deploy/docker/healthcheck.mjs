@@ -36,7 +36,8 @@ async function http(url, patterns) {
     return;
   }
   if (res.status < 200 || res.status >= 300) fail(`GET ${url}: HTTP ${res.status}`);
-  for (const p of patterns) if (!new RegExp(p, "m").test(body)) fail(`GET ${url}: body does not match /${p}/`);
+  for (const p of patterns)
+    if (!new RegExp(p, "m").test(body)) fail(`GET ${url}: body does not match /${p}/`);
   process.exit(0);
 }
 
