@@ -166,7 +166,21 @@ shared subscriptions; each needs its own --client-id). Prometheus metrics on /me
     const log = createLogger("ingest");
     const url = resolveDatabaseUrl(stringOption(values, "database-url"));
     const pool = createPool({ url, max: poolSize ?? 4, applicationName: "bacmqtt-ingest", log });
-    const migrated = await migrate(pool, { dialect, log });
+    // The database may come up after the ingest (docker-compose): wait for it, like an outage.
+    let migrated: Awaited<ReturnType<typeof migrate>> | undefined;
+    for (let attempt = 0; !migrated; attempt++) {
+      try {
+        migrated = await migrate(pool, { dialect, log });
+      } catch (err) {
+        const code = (err as { code?: unknown }).code;
+        const unavailable =
+          typeof code !== "string" || /^(08|53|57)/.test(code) || !/^[0-9A-Z]{5}$/.test(code);
+        if (!unavailable || attempt >= 1000) throw err;
+        const delay = Math.min(30_000, 500 * 2 ** Math.min(attempt, 6));
+        log.warn({ err: (err as Error).message, code, retryInMs: delay }, "database unavailable; waiting");
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
     log.info({ database: describeDatabase(url), dialect: migrated.dialect }, "database ready");
     const metrics = new IngestMetrics({ defaultMetrics: true });
     const service = new IngestService({
@@ -188,7 +202,13 @@ shared subscriptions; each needs its own --client-id). Prometheus metrics on /me
         ? undefined
         : await serveMetrics(metrics, stringOption(values, "metrics-host") ?? "0.0.0.0", metricsPort);
     if (server) log.info({ port: server.port }, "metrics on /metrics");
-    await service.start();
+    try {
+      await service.start();
+    } catch (err) {
+      await server?.close();
+      await pool.end();
+      throw err;
+    }
     log.info("ingest running");
     await new Promise<void>((resolve) => {
       onShutdown(async () => {
