@@ -16,7 +16,17 @@ describe("bench runner", () => {
 
   it("renders a table row per figure and lists benchmarks that did not finish", () => {
     const md = renderTable(
-      [{ benchmark: "ingest", row: "rows | s", unit: "readings/s", value: 123456.7, ratio: 0.71, met: false, target: "≥ 0.7×" }],
+      [
+        {
+          benchmark: "ingest",
+          row: "rows | s",
+          unit: "readings/s",
+          value: 123456.7,
+          ratio: 0.71,
+          met: false,
+          target: "≥ 0.7×",
+        },
+      ],
       ["api.bench.ts: exit 1"],
       "test machine",
     );
