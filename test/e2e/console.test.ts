@@ -8,7 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { type BrowserContext, chromium, type Page } from "playwright-core";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { createKey } from "../../api/keys.ts";
 import { type ApiServer, startApi } from "../../api/server.ts";
 import { startBroker } from "../../broker/index.ts";
@@ -17,6 +17,8 @@ import { IngestService } from "../../ingest/service.ts";
 import { type Simulator, startSimulator } from "../../simulator/index.ts";
 import { createPortableDatabase, type TestDatabase } from "../support/db-postgres.ts";
 
+// Whole-stack steps wait on real BACnet, MQTT and database round trips; a busy CI box is slow.
+vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const BASE = `e2e-${process.pid}`;
 const SHOTS = process.env.BACMQTT_E2E_SCREENSHOTS ?? path.join(os.tmpdir(), "bacmqtt-e2e-screenshots");

@@ -1,9 +1,10 @@
 // `bacmqtt api-key` and `bacmqtt api` through the real entry point (bin/bacmqtt.mjs) against a real
 // database: a key is printed once and works; the api starts, serves health, and stops on SIGTERM.
+// Each spawn pays tsx's start-up (seconds on a busy machine), hence the generous per-file timeout.
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { startBroker } from "../../../broker/index.ts";
 import {
   createPortableDatabase,
@@ -20,6 +21,8 @@ let child: ChildProcess | undefined;
 const env = () => ({ ...process.env, DATABASE_URL: db.url, BACMQTT_LOG_LEVEL: "warn" });
 const run = (...args: string[]) =>
   spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", timeout: 60_000, env: env() });
+
+vi.setConfig({ testTimeout: 180_000 });
 
 beforeAll(async () => {
   db = await createPortableDatabase("bacmqtt_api_cli");

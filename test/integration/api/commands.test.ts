@@ -7,7 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import type { FastifyInstance } from "fastify";
 import type pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { buildApp } from "../../../api/app.ts";
 import { startBroker } from "../../../broker/index.ts";
 import { type Gateway, startGateway } from "../../../gateway/index.ts";
@@ -15,6 +15,8 @@ import { type Simulator, startSimulator } from "../../../simulator/index.ts";
 import type { TestDatabase } from "../../support/db-postgres.ts";
 import { auth, createDatabase, createKeys, type Keys } from "./fixture.ts";
 
+// Whole-stack steps wait on real BACnet, MQTT and database round trips; a busy CI box is slow.
+vi.setConfig({ testTimeout: 90_000, hookTimeout: 120_000 });
 const BASE = `api-it-${process.pid}`;
 
 let sim: Simulator;
