@@ -206,9 +206,13 @@ export class BatchWriter {
           const str = (v: unknown) => (typeof v === "string" || typeof v === "number" ? String(v) : null);
           const int = (v: unknown) => (typeof v === "number" && Number.isInteger(v) ? v : null);
           await client.query(
+            // A write the api relayed is already audited by the api (with who asked for it) under
+            // the same transaction; the gateway's event of it must not add a second row.
             `INSERT INTO write_audit (time, gateway_id, device_instance, point, value, priority, source, actor, result,
                                       error_code, error_message, transaction)
-             VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12)`,
+             SELECT $1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9, $10, $11, $12::text
+             WHERE $12::text IS NULL OR NOT EXISTS (
+               SELECT 1 FROM write_audit WHERE gateway_id = $2 AND transaction = $12::text AND source = 'api')`,
             [
               op.payload.timestamp,
               op.gateway,

@@ -47,6 +47,7 @@ function suite(
     beforeAll(async () => {
       db = await make();
       pool = new pg.Pool({ connectionString: db.url, max: poolMax });
+      pool.on("error", () => {});
       expect((await migrate(pool)).dialect).toBe(dialect);
       mq = await broker();
       ingest = new IngestService({
@@ -164,6 +165,27 @@ function suite(
         }),
         { qos: 1, retain: true },
       );
+      // A write relayed by the api is audited by the api; the gateway's event of it adds no row.
+      await pool.query(
+        `INSERT INTO write_audit (time, gateway_id, device_instance, point, value, priority, source, actor, result, transaction)
+         VALUES (now(), 'gw1', 1001, 'analog_output_1', '21'::jsonb, 8, 'api', 'operator-1', 'ok', 'api-t1')`,
+      );
+      await pub.publishAsync(
+        t.bridge("event"),
+        JSON.stringify({
+          type: "write",
+          timestamp: "2026-11-27T08:02:00.000Z",
+          data: {
+            device: 1001,
+            point: "analog_output_1",
+            value: 21,
+            priority: 8,
+            result: "ok",
+            transaction: "api-t1",
+          },
+        }),
+        { qos: 1 },
+      );
       await pub.publishAsync(
         t.bridge("event"),
         JSON.stringify({
@@ -186,7 +208,7 @@ function suite(
       ]);
       await settle(2);
       await eventually(
-        async () => (await count(pool, "SELECT count(*) AS n FROM write_audit")) === 1,
+        async () => (await count(pool, "SELECT count(*) AS n FROM write_audit WHERE source = 'mqtt'")) === 1,
         "write audit row",
       );
 
@@ -205,9 +227,18 @@ function suite(
       const gw = await pool.query("SELECT state, bd_seq, base_topic FROM gateways WHERE gateway_id = 'gw1'");
       expect(gw.rows).toEqual([{ state: "online", bd_seq: 3, base_topic: "bacmqtt" }]);
       const audit = await pool.query(
-        "SELECT device_instance, point, value, priority, source, result, transaction FROM write_audit",
+        "SELECT device_instance, point, value, priority, source, result, transaction FROM write_audit ORDER BY id",
       );
       expect(audit.rows).toEqual([
+        {
+          device_instance: 1001,
+          point: "analog_output_1",
+          value: 21,
+          priority: 8,
+          source: "api",
+          result: "ok",
+          transaction: "api-t1",
+        },
         {
           device_instance: 1001,
           point: "multi_state_value_2",
@@ -355,6 +386,8 @@ describe("ingest replicas (shared subscriptions) and /metrics", () => {
   beforeAll(async () => {
     db = await createPostgresDatabase("bacmqtt_shared");
     pool = new pg.Pool({ connectionString: db.url, max: 4 });
+    // Dropping the database terminates connections a refused ingest may still hold (57P01).
+    pool.on("error", () => {});
     await migrate(pool);
   });
   afterAll(async () => {
