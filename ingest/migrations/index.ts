@@ -2,6 +2,7 @@
 // `bacmqtt migrate` (ingest/migrate.ts) and recorded in schema_migrations. A migration never changes
 // once released; add a new one instead.
 import { migration001 } from "./001-schema.ts";
+import { migration002 } from "./002-inventory-index.ts";
 
 export type Dialect = "timescale" | "portable";
 
@@ -12,4 +13,4 @@ export interface Migration {
   statements(dialect: Dialect): string[];
 }
 
-export const MIGRATIONS: readonly Migration[] = [migration001];
+export const MIGRATIONS: readonly Migration[] = [migration001, migration002];
