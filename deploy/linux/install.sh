@@ -100,7 +100,7 @@ fi
 
 step "systemd unit in $UNIT_DIR"
 mkdir -p "$UNIT_DIR"
-sed -e "s#^ExecStart=/usr/bin/node /opt/bacmqtt/#ExecStart=$node_bin $PREFIX/#" \
+sed -e "s#^ExecStart=/usr/bin/node --max-old-space-size=256 /opt/bacmqtt/#ExecStart=$node_bin --max-old-space-size=256 $PREFIX/#" \
   -e "s#^WorkingDirectory=/opt/bacmqtt#WorkingDirectory=$PREFIX#" \
   -e "s#^LoadCredential=gateway.yaml:/etc/bacmqtt/gateway.yaml#LoadCredential=gateway.yaml:$config#" \
   "$source_dir/deploy/linux/bacmqtt-gateway.service" >"$UNIT_DIR/bacmqtt-gateway.service"

@@ -40,5 +40,5 @@ shift
 goto collect
 
 :run
-node "%BACMQTT_ROOT%\bin\bacmqtt.mjs" %COMMAND% --config "%BACMQTT_CONFIG%" %ARGS%
+node --max-old-space-size=256 "%BACMQTT_ROOT%\bin\bacmqtt.mjs" %COMMAND% --config "%BACMQTT_CONFIG%" %ARGS%
 exit /b %ERRORLEVEL%

@@ -160,7 +160,7 @@ function Write-ServiceXml([string]$Path, [string]$NodeExe) {
   <name>bacmqtt gateway</name>
   <description>BACnet/IP to MQTT gateway (bacmqtt). Configuration: $config</description>
   <executable>$NodeExe</executable>
-  <arguments>"$entry" gateway --config "$config"</arguments>
+  <arguments>--max-old-space-size=256 "$entry" gateway --config "$config"</arguments>
   <workingdirectory>$ConfigDir</workingdirectory>
   <env name="BACMQTT_LOG_LEVEL" value="info" />
   <startmode>Automatic</startmode>

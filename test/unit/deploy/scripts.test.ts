@@ -123,7 +123,9 @@ describe("Windows scripts", () => {
     expect(src).toContain("StartName = 'NT AUTHORITY\\LocalService'");
     expect(src).toContain("& npm.cmd ci '--omit=dev'");
     // The WinSW service definition: node running `bacmqtt gateway --config …`, restart on failure.
-    expect(src).toMatch(/<arguments>"\$entry" gateway --config "\$config"<\/arguments>/);
+    expect(src).toMatch(
+      /<arguments>--max-old-space-size=256 "\$entry" gateway --config "\$config"<\/arguments>/,
+    );
     expect(src).toMatch(/<onfailure action="restart"/);
     expect(src).toMatch(/<stoptimeout>30 sec<\/stoptimeout>/);
   });
@@ -142,7 +144,7 @@ describe("Windows scripts", () => {
     expect(src.split("\n").every((l, i, all) => i === all.length - 1 || l.endsWith("\r"))).toBe(true);
     expect(src).toContain('set "BACMQTT_CONFIG=%ProgramData%\\bacmqtt\\gateway.yaml"');
     expect(src).toContain(
-      'node "%BACMQTT_ROOT%\\bin\\bacmqtt.mjs" %COMMAND% --config "%BACMQTT_CONFIG%" %ARGS%',
+      'node --max-old-space-size=256 "%BACMQTT_ROOT%\\bin\\bacmqtt.mjs" %COMMAND% --config "%BACMQTT_CONFIG%" %ARGS%',
     );
     // Every label jumped to exists.
     const labels = new Set([...src.matchAll(/^:(\w+)/gm)].map((m) => m[1]));
@@ -210,7 +212,7 @@ describe.skipIf(!analyze)("systemd unit (systemd-analyze)", () => {
     const unit = read(linux("bacmqtt-gateway.service"));
     expect(unit).toContain("LoadCredential=gateway.yaml:/etc/bacmqtt/gateway.yaml");
     expect(unit).toMatch(
-      /^ExecStart=\/usr\/bin\/node \/opt\/bacmqtt\/bin\/bacmqtt\.mjs gateway --config %d\/gateway\.yaml --data-dir \/var\/lib\/bacmqtt$/m,
+      /^ExecStart=\/usr\/bin\/node --max-old-space-size=256 \/opt\/bacmqtt\/bin\/bacmqtt\.mjs gateway --config %d\/gateway\.yaml --data-dir \/var\/lib\/bacmqtt$/m,
     );
   });
 });
@@ -257,7 +259,7 @@ describe("deploy/linux/install.sh", () => {
     expect(cfg.bacnet.bbmd).toBe("192.0.2.1:47808");
     const unit = read(path.join(root, "units/bacmqtt-gateway.service"));
     expect(unit).toContain(
-      `ExecStart=${execFileSync("sh", ["-c", "command -v node"], { encoding: "utf8" }).trim()} ${root}/opt/bin/bacmqtt.mjs gateway`,
+      `ExecStart=${execFileSync("sh", ["-c", "command -v node"], { encoding: "utf8" }).trim()} --max-old-space-size=256 ${root}/opt/bin/bacmqtt.mjs gateway`,
     );
     expect(unit).toContain(`LoadCredential=gateway.yaml:${config}`);
   });
