@@ -104,6 +104,22 @@ export async function openRedis(settings: RedisSettings, log: Logger): Promise<R
     conn: store,
     maxSessionDelivery: settings.maxSessionDelivery ?? DEFAULT_SESSION_DELIVERY,
   });
+  // aedes 1.2 stores a SUBSCRIBE's filters once per filter, each call with the whole filter list, at
+  // the same time; the Redis persistence's broadcast waits under a key made from the first filter,
+  // so every call but the last overwrites the previous waiter and a SUBSCRIBE with several filters
+  // never got its SUBACK. One store per SUBSCRIBE packet (the list is the same array for every call).
+  type AddSubscriptions = (client: unknown, subs: object) => Promise<unknown>;
+  const withSubs = persistence as { addSubscriptions: AddSubscriptions };
+  const addSubscriptions = withSubs.addSubscriptions.bind(persistence);
+  const storing = new WeakMap<object, Promise<unknown>>();
+  withSubs.addSubscriptions = (client, subs) => {
+    let pending = storing.get(subs);
+    if (!pending) {
+      pending = addSubscriptions(client, subs).finally(() => storing.delete(subs));
+      storing.set(subs, pending);
+    }
+    return pending;
+  };
   // Messages, too, wait in ioredis' queue during an outage instead of being dropped after 20 retries
   // (aedes has already acknowledged a QoS 1 publish by the time it hands it to the bus).
   const mq = mqemitterRedis({

@@ -143,6 +143,29 @@ describe("Redis persistence", () => {
     await stop(broker);
   });
 
+  it("answers a SUBSCRIBE with several filters for a persistent session (aedes + Redis hung here)", async () => {
+    const broker = await start();
+    const client = await connect(broker.url, { clientId: uniqueId("multi"), clean: false });
+    const granted = await Promise.race([
+      client.subscribeAsync({ "a/+/x": { qos: 1 }, "b/#": { qos: 1 }, "c/d": { qos: 0 } }),
+      sleep(10_000).then(() => "no SUBACK within 10 s"),
+    ]);
+    expect(granted).toEqual([
+      { topic: "a/+/x", qos: 1 },
+      { topic: "b/#", qos: 1 },
+      { topic: "c/d", qos: 0 },
+    ]);
+    // The session remembers every filter across a reconnect.
+    await client.endAsync();
+    const again = await connect(broker.url, { clientId: client.options.clientId, clean: false });
+    const got = record(again);
+    const publisher = await connect(broker.url);
+    await publisher.publishAsync("b/1/2", "queued-or-live", { qos: 1 });
+    await publisher.publishAsync("a/9/x", "second", { qos: 1 });
+    await waitFor("both filters deliver", () => got.length >= 2);
+    await Promise.all([again.endAsync(), publisher.endAsync()]);
+  });
+
   it("lets two broker instances share clients: publish on one, receive on the other", async () => {
     const topics = new Topics("bacmqtt", uniqueId("gw"));
     const a = await start();
