@@ -84,6 +84,16 @@ export async function openRedis(settings: RedisSettings, log: Logger): Promise<R
       lastLogged = Date.now();
       log.error({ err: errorMessage(err), redis: where }, "Redis connection error");
     });
+    // Fire-and-forget commands (the persistence does not await its will-list updates; mqemitter-redis
+    // publishes without a handler) reject with "Connection is closed" when a connection ends under
+    // them. A rejection nobody handles would end the process, so every command's promise gets a
+    // no-op handler; callers that await it still see the error.
+    const send = conn.sendCommand.bind(conn);
+    conn.sendCommand = (...args: Parameters<Redis["sendCommand"]>) => {
+      const result = send(...args);
+      if (result instanceof Promise) result.catch(() => undefined);
+      return result;
+    };
     connections.push(conn);
     return conn;
   };
@@ -94,12 +104,6 @@ export async function openRedis(settings: RedisSettings, log: Logger): Promise<R
     maxRetriesPerRequest: null,
     ...(settings.keyPrefix ? { keyPrefix: settings.keyPrefix } : {}),
   });
-  const send = store.sendCommand.bind(store);
-  store.sendCommand = (...args: Parameters<Redis["sendCommand"]>) => {
-    const result = send(...args);
-    if (result instanceof Promise) result.catch(() => undefined);
-    return result;
-  };
   const persistence = aedesPersistenceRedis({
     conn: store,
     maxSessionDelivery: settings.maxSessionDelivery ?? DEFAULT_SESSION_DELIVERY,

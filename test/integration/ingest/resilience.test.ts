@@ -9,6 +9,7 @@ import type { MqttClient } from "mqtt";
 import pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { migrate } from "../../../ingest/migrate.ts";
+import { MIGRATIONS } from "../../../ingest/migrations/index.ts";
 import { IngestService } from "../../../ingest/service.ts";
 import { createPostgresDatabase, setDatabaseOnline, type TestDatabase } from "../../support/db-postgres.ts";
 import {
@@ -159,7 +160,7 @@ describe("ingest resilience", () => {
     cleanups.push(() => pub.endAsync());
     // The first session must exist before publishing (it is created by the ingest's SUBSCRIBE).
     await eventually(
-      async () => (await count(pool, "SELECT count(*) AS n FROM schema_migrations")) === 1,
+      async () => (await count(pool, "SELECT count(*) AS n FROM schema_migrations")) === MIGRATIONS.length,
       "migrated",
     );
     const canary = { point: "analog_value_99", value: 1, ts: "2026-10-05T00:00:00.000Z" };
