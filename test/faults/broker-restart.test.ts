@@ -25,12 +25,39 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
 });
 
-async function restartRun(label: string, subnet: number, redis?: { url: string; keyPrefix: string }) {
+async function dropKeys(keyPrefix: string): Promise<void> {
+  const r = new Redis(REDIS_URL);
+  try {
+    let cursor = "0";
+    do {
+      const [next, keys] = await r.scan(cursor, "MATCH", `${keyPrefix}*`, "COUNT", 500);
+      cursor = next;
+      if (keys.length) await r.del(...keys);
+    } while (cursor !== "0");
+  } finally {
+    r.disconnect();
+  }
+}
+
+async function restartRun(
+  label: string,
+  subnet: number,
+  redis?: { url: string; keyPrefix: string },
+  ingestOfflineAtRestart = false,
+) {
   const started = Date.now();
   const p = await Pipeline.start({ label, subnet, ...(redis ? { redis } : {}) });
   cleanups.push(() => p.close());
   await p.waitProduced(150, "steady polling");
   await eventually(async () => (await p.storedCount()) > 0, "first rows stored");
+  let queuedForOfflineIngest = 0;
+  if (ingestOfflineAtRestart) {
+    // The ingest is away (a deploy, a crash): the broker queues for its persistent session.
+    await p.stopIngest();
+    const at = p.produced.size;
+    await p.waitProduced(150, "readings queued for the offline ingest");
+    queuedForOfflineIngest = p.produced.size - at;
+  }
   const port = p.broker.port;
   await p.broker.close();
   const atStop = p.produced.size;
@@ -42,16 +69,21 @@ async function restartRun(label: string, subnet: number, redis?: { url: string; 
     sysInterval: 0,
     ...(redis ? { redis } : {}),
   });
+  if (ingestOfflineAtRestart) await p.startIngest();
   const storedAtRestart = await p.storedCount();
   await p.waitProduced(300, "polling after the restart");
   const t = await p.finish(redis ? 600 : 100);
-  report(`broker restart (${redis ? "Redis" : "in-memory"} persistence)`, {
-    down_s: DOWN_S,
-    acked_before_stop: atStop,
-    ...t,
-    stored_after_restart: t.stored - storedAtRestart,
-    duration_s: Math.round((Date.now() - started) / 1000),
-  });
+  report(
+    `broker restart (${redis ? "Redis" : "in-memory"} persistence${ingestOfflineAtRestart ? ", ingest offline" : ""})`,
+    {
+      down_s: DOWN_S,
+      queued_for_offline_ingest: queuedForOfflineIngest,
+      acked_before_stop: atStop,
+      ...t,
+      stored_after_restart: t.stored - storedAtRestart,
+      duration_s: Math.round((Date.now() - started) / 1000),
+    },
+  );
   return { t, storedAtRestart };
 }
 
@@ -64,20 +96,31 @@ it("in-memory persistence: recovers; the loss is measured and reported", { timeo
 
 it.skipIf(!redisUp)("Redis persistence: loses nothing", { timeout: 120_000 }, async () => {
   const keyPrefix = `bacmqtt-faults-${process.pid}-${randomBytes(4).toString("hex")}:`;
-  cleanups.push(async () => {
-    const r = new Redis(REDIS_URL);
-    try {
-      let cursor = "0";
-      do {
-        const [next, keys] = await r.scan(cursor, "MATCH", `${keyPrefix}*`, "COUNT", 500);
-        cursor = next;
-        if (keys.length) await r.del(...keys);
-      } while (cursor !== "0");
-    } finally {
-      r.disconnect();
-    }
-  });
+  cleanups.push(() => dropKeys(keyPrefix));
   const { t } = await restartRun("brokerredis", 84, { url: REDIS_URL, keyPrefix });
   expect(t.lostSample).toEqual([]);
   expect(t.lost).toBe(0);
 });
+
+it("in-memory persistence, ingest offline at the restart: its queued readings are lost", {
+  timeout: 120_000,
+}, async () => {
+  const { t } = await restartRun("brokermemoff", 90, undefined, true);
+  // Lost = what the broker had queued in memory for the offline ingest session; the rest arrives.
+  expect(t.lost).toBeGreaterThan(0);
+  expect(t.stored).toBeGreaterThan(0);
+});
+
+it.skipIf(!redisUp)(
+  "Redis persistence, ingest offline at the restart: loses nothing",
+  {
+    timeout: 120_000,
+  },
+  async () => {
+    const keyPrefix = `bacmqtt-faults-${process.pid}-${randomBytes(4).toString("hex")}:`;
+    cleanups.push(() => dropKeys(keyPrefix));
+    const { t } = await restartRun("brokerredisoff", 91, { url: REDIS_URL, keyPrefix }, true);
+    expect(t.lostSample).toEqual([]);
+    expect(t.lost).toBe(0);
+  },
+);
