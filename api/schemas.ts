@@ -2,6 +2,7 @@
 // document. Response schemas double as output filters: a column not listed here never leaves.
 // Nullable output fields use `nullable: true` so that dates from pg (Date objects) serialise.
 import { type TSchema, Type } from "@sinclair/typebox";
+import { Requests } from "../contract/index.ts";
 import { ApiErrorBody } from "./errors.ts";
 
 const nullable = <T extends TSchema>(schema: T) =>
@@ -294,20 +295,9 @@ export const ReadBody = Type.Object(
   { additionalProperties: false },
 );
 export const EmptyBody = Type.Object({}, { additionalProperties: false });
-export const DiscoverBody = Type.Object(
-  {
-    low: Type.Optional(Type.Integer({ minimum: 0, maximum: 4194303 })),
-    high: Type.Optional(Type.Integer({ minimum: 0, maximum: 4194303 })),
-    targets: Type.Optional(
-      Type.Array(Type.String({ maxLength: 64 }), { maxItems: 1024, description: "ip[:port]" }),
-    ),
-    broadcast: Type.Optional(Type.String({ maxLength: 64 })),
-    timeout_s: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 600 })),
-    chunk_size: Type.Optional(Type.Integer({ minimum: 1, maximum: 4194304 })),
-    points: Type.Optional(Type.Boolean({ description: "also read each new device's points" })),
-  },
-  { additionalProperties: false },
-);
+// The api's discovery body is the gateway's discover request without the transaction (the api
+// makes its own), so the two can never disagree on a limit.
+export const DiscoverBody = Type.Omit(Requests.discover, ["transaction"], { additionalProperties: false });
 
 export const CommandResult = Type.Object({
   gateway_id: Type.String(),
