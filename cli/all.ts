@@ -113,7 +113,12 @@ export async function startAll(opts: AllOptions): Promise<RunningAll> {
     const { migrate } = await import("../ingest/migrate.ts");
     // PGlite answers one connection's transaction at a time reliably; with interleaved transactions
     // from several connections it can leave a query unanswered (measured with the ingest's tests).
-    const pool = createPool({ url: databaseUrl, max: embedded ? 1 : 10, applicationName: "bacmqtt-all", log });
+    const pool = createPool({
+      url: databaseUrl,
+      max: embedded ? 1 : 10,
+      applicationName: "bacmqtt-all",
+      log,
+    });
     stops.push({ name: "pool", stop: () => pool.end() });
     const { dialect } = await migrate(pool, { dialect: embedded ? "portable" : "auto", log });
 
