@@ -65,6 +65,15 @@ function sql(strings: TemplateStringsArray, ...values: unknown[]): string {
     .replace(/\$(gateway|device|point)\b/g, "$${$1:sqlstring}");
 }
 
+/** Readings stored per hour and gateway: shown on the site overview and on gateway health. */
+const READINGS_PER_HOUR_BY_GATEWAY = sql`
+  SELECT $__timeGroupAlias(h.bucket, 1h), p.gateway_id AS metric, sum(h.count) AS readings
+  FROM readings_hourly h
+  JOIN points p ON p.point_id = h.point_id
+  WHERE $__timeFilter(h.bucket) AND p.gateway_id IN ($gateway)
+  GROUP BY 1, 2
+  ORDER BY 1, 2`;
+
 const GATEWAY: VariableDef = {
   name: "gateway",
   label: "Gateway",
@@ -191,15 +200,7 @@ const siteOverview: DashboardDef = {
       w: 12,
       h: 8,
       format: "time_series",
-      sql: sql`
-        SELECT $__timeGroupAlias(h.bucket, 1h),
-               p.gateway_id AS metric,
-               sum(h.count) AS readings
-        FROM readings_hourly h
-        JOIN points p ON p.point_id = h.point_id
-        WHERE $__timeFilter(h.bucket) AND p.gateway_id IN ($gateway)
-        GROUP BY 1, 2
-        ORDER BY 1, 2`,
+      sql: READINGS_PER_HOUR_BY_GATEWAY,
     },
     {
       title: "Write activity",
@@ -488,13 +489,7 @@ const gatewayHealth: DashboardDef = {
       w: 12,
       h: 8,
       format: "time_series",
-      sql: sql`
-        SELECT $__timeGroupAlias(h.bucket, 1h), p.gateway_id AS metric, sum(h.count) AS readings
-        FROM readings_hourly h
-        JOIN points p ON p.point_id = h.point_id
-        WHERE $__timeFilter(h.bucket) AND p.gateway_id IN ($gateway)
-        GROUP BY 1, 2
-        ORDER BY 1, 2`,
+      sql: READINGS_PER_HOUR_BY_GATEWAY,
     },
     {
       title: "Devices going offline",
