@@ -83,6 +83,19 @@ export function createRegistry(src: MetricsSources): Registry {
       }
     },
   });
+  // Retries are the first sign of a lossy or slow BACnet network, long before devices go offline.
+  totalCounter(
+    registry,
+    "bacmqtt_gateway_bacnet_retries_total",
+    "Confirmed requests re-sent after an APDU timeout",
+    () => src.engine.transportStats?.()?.retries ?? 0,
+  );
+  totalCounter(
+    registry,
+    "bacmqtt_gateway_bacnet_timeouts_total",
+    "Confirmed requests that got no answer after every retry",
+    () => src.engine.transportStats?.()?.timeouts ?? 0,
+  );
   totalCounter(
     registry,
     "bacmqtt_gateway_poll_overruns_total",

@@ -178,6 +178,8 @@ export interface BacnetEngine {
   write(device: number, point: string, value: Value, priority?: number): Promise<WriteOutcome>;
 
   stats(): EngineStats;
+  /** Transport counters: requests re-sent after an APDU timeout, and requests that ran out of retries. */
+  transportStats?(): { retries: number; timeouts: number } | undefined;
 
   on<E extends keyof EngineEvents>(event: E, listener: EngineEvents[E]): this;
   off<E extends keyof EngineEvents>(event: E, listener: EngineEvents[E]): this;
