@@ -962,7 +962,9 @@ export class Engine extends EventEmitter implements BacnetEngine {
       const tick = async () => {
         m.pollTimers.delete(intervalS);
         if (m.stopped) return;
-        const started = Date.now();
+        // Monotonic: a wall-clock step during a cycle must not read as an hour-long cycle (forwards)
+        // or schedule the next one an hour late (backwards).
+        const started = performance.now();
         // Points delivered by a live COV subscription are not polled.
         const due = points.filter((p) => !m.covs.get(p)?.active);
         if (m.online && due.length > 0) {
@@ -976,7 +978,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
           }
         }
         if (m.stopped) return;
-        const took = Date.now() - started;
+        const took = Math.round(performance.now() - started);
         const intervalMs = intervalS * 1000;
         let next = intervalMs - took;
         if (next < 0) {

@@ -46,6 +46,8 @@ export interface DeviceEntry {
   /** Options set through `device/options` (over the configuration file). */
   runtimeOptions: DeviceOptions;
   values: Record<string, Value>;
+  /** When `state` was last published, on the monotonic clock (`performance.now()`): a wall-clock
+   * step must neither hold `state` back (backwards) nor release it early (forwards). */
   lastStateAt: number;
   stateTimer: NodeJS.Timeout | undefined;
   missedScans: number;
@@ -180,7 +182,7 @@ export class Bridge {
         catalogue: null,
         runtimeOptions: {},
         values: {},
-        lastStateAt: 0,
+        lastStateAt: Number.NEGATIVE_INFINITY,
         stateTimer: undefined,
         missedScans: 0,
       };
@@ -223,7 +225,7 @@ export class Bridge {
     return { ...o, include: expand(o.include), exclude: expand(o.exclude) };
   }
 
-  /** The catalogue as handed to the engine: per-point poll intervals from the configuration applied. */
+  /** The catalogue as handed to the engine: per-point poll intervals and COV from the configuration applied. */
   scheduledCatalogue(catalogue: DeviceCatalogue): DeviceCatalogue {
     const points = this.config.devices[String(catalogue.deviceInstance)]?.points;
     if (!points) return catalogue;
@@ -231,7 +233,13 @@ export class Bridge {
       ...catalogue,
       points: catalogue.points.map((p) => {
         const interval = points[p.point]?.poll_interval_s;
-        return interval === undefined ? p : { ...p, poll_interval_s: interval };
+        const cov = points[p.point]?.cov;
+        if (interval === undefined && cov === undefined) return p;
+        return {
+          ...p,
+          ...(interval !== undefined ? { poll_interval_s: interval } : {}),
+          ...(cov !== undefined ? { cov } : {}),
+        };
       }),
     };
   }
@@ -268,7 +276,9 @@ export class Bridge {
     for (const entry of [...this.devices.values()].sort((a, b) => a.instance - b.instance)) {
       count += 1;
       sends.push(this.publishMeta(entry));
-      sends.push(this.publishAvailability(entry.instance, this.engine.isOnline(entry.instance)));
+      // Not answered yet since it was managed: the first answer (or its absence) publishes it.
+      const availability = this.engine.availability(entry.instance);
+      if (availability !== "unknown") sends.push(this.publishAvailability(entry.instance, availability === "online"));
       if (Object.keys(entry.values).length > 0) sends.push(this.publishState(entry));
     }
     await Promise.all(sends);
@@ -526,7 +536,7 @@ export class Bridge {
   private scheduleState(entry: DeviceEntry): void {
     const throttle = this.config.mqtt.state_throttle_ms;
     if (entry.stateTimer) return;
-    const wait = entry.lastStateAt + throttle - Date.now();
+    const wait = entry.lastStateAt + throttle - performance.now();
     if (wait <= 0) {
       void this.publishState(entry);
       return;
@@ -538,10 +548,10 @@ export class Bridge {
   }
 
   publishState(entry: DeviceEntry): Promise<boolean> {
-    entry.lastStateAt = Date.now();
+    entry.lastStateAt = performance.now();
     return this.mqtt.publish(
       Topics.deviceRel(entry.instance, "state"),
-      { timestamp: new Date(entry.lastStateAt).toISOString(), values: entry.values },
+      { timestamp: new Date().toISOString(), values: entry.values },
       TOPIC_QOS.state,
     );
   }
