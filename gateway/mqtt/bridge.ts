@@ -225,7 +225,7 @@ export class Bridge {
     return { ...o, include: expand(o.include), exclude: expand(o.exclude) };
   }
 
-  /** The catalogue as handed to the engine: per-point poll intervals and COV from the configuration applied. */
+  /** The catalogue as handed to the engine: per-point poll intervals from the configuration applied. */
   scheduledCatalogue(catalogue: DeviceCatalogue): DeviceCatalogue {
     const points = this.config.devices[String(catalogue.deviceInstance)]?.points;
     if (!points) return catalogue;
@@ -233,13 +233,7 @@ export class Bridge {
       ...catalogue,
       points: catalogue.points.map((p) => {
         const interval = points[p.point]?.poll_interval_s;
-        const cov = points[p.point]?.cov;
-        if (interval === undefined && cov === undefined) return p;
-        return {
-          ...p,
-          ...(interval !== undefined ? { poll_interval_s: interval } : {}),
-          ...(cov !== undefined ? { cov } : {}),
-        };
+        return interval === undefined ? p : { ...p, poll_interval_s: interval };
       }),
     };
   }
@@ -276,9 +270,7 @@ export class Bridge {
     for (const entry of [...this.devices.values()].sort((a, b) => a.instance - b.instance)) {
       count += 1;
       sends.push(this.publishMeta(entry));
-      // Not answered yet since it was managed: the first answer (or its absence) publishes it.
-      const availability = this.engine.availability(entry.instance);
-      if (availability !== "unknown") sends.push(this.publishAvailability(entry.instance, availability === "online"));
+      sends.push(this.publishAvailability(entry.instance, this.engine.isOnline(entry.instance)));
       if (Object.keys(entry.values).length > 0) sends.push(this.publishState(entry));
     }
     await Promise.all(sends);
