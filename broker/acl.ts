@@ -26,7 +26,12 @@ export function rulesFor(identity: Identity, base: string): AclRules {
       return { publish: ["#"], subscribe: ["#", Filters.sys()] };
     case "gateway": {
       const topics = new Topics(base, identity.gateway as string);
-      return { publish: [topics.allFilter()], subscribe: [topics.requestFilter()] };
+      // Its own bridge/state and health_check responses: how a second instance of one gateway id is
+      // noticed (gateway/mqtt/duplicate.ts).
+      return {
+        publish: [topics.allFilter()],
+        subscribe: [topics.requestFilter(), topics.bridge("state"), topics.response("health_check")],
+      };
     }
     case "api":
       return { publish: [Filters.requests(base)], subscribe: [Filters.all(base), Filters.sys()] };

@@ -46,6 +46,19 @@ export const BridgeState = Type.Object(
     state: Type.Union([Type.Literal("online"), Type.Literal("offline")]),
     bd_seq: Type.Integer({ minimum: 0, description: "Birth/death sequence, incremented per connection" }),
     timestamp: Timestamp,
+    instance: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: 64,
+        description: "Random id of the gateway process, new at every start: two ids at once = a duplicate",
+      }),
+    ),
+    started_at: Type.Optional(
+      Type.String({
+        format: "date-time",
+        description: "When this instance started; of two instances with one gateway id the earlier stays",
+      }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -118,6 +131,7 @@ export const EVENT_TYPES = [
   "device_offline",
   "device_removed",
   "duplicate_device",
+  "duplicate_gateway",
   "scan_started",
   "scan_progress",
   "scan_finished",

@@ -86,12 +86,17 @@ See docs/gateway.md for every setting.`,
     const log = createLogger("gateway");
     const { startGateway } = await import("./index.ts");
     const gateway = await startGateway(config, { log });
-    await new Promise<void>((resolve) => {
+    const failure = await new Promise<Error | undefined>((resolve) => {
       onShutdown(async () => {
         await gateway.stop();
-        resolve();
+        resolve(undefined);
       }, log);
+      // The gateway stops itself when another instance holds its gateway id: exit 1 with the code.
+      void gateway.stopped.then((err) => {
+        if (err) resolve(err);
+      });
     });
+    if (failure) throw failure;
     return 0;
   },
 });

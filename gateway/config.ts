@@ -92,6 +92,13 @@ export const GatewayConfigSchema = Type.Object(
           maximum: 10000,
           description: "COV notifications of one device within this window go out as one readings message",
         }),
+        duplicate_check_ms: Type.Integer({
+          default: 3000,
+          minimum: 0,
+          maximum: 60000,
+          description:
+            "At connect, another instance's retained online state is given this long to answer a health check (0 = not asked: taken as stale)",
+        }),
       },
       { default: {}, additionalProperties: false },
     ),

@@ -6,7 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { ConfigError, errorMessage } from "../common/errors.ts";
+import { type CodedError, ConfigError, errorMessage } from "../common/errors.ts";
 import { createLogger, type Logger } from "../common/logger.ts";
 import { Topics } from "../contract/index.ts";
 import type { BacnetEngine, EngineOptions } from "./bacnet/types.ts";
@@ -18,6 +18,7 @@ import { Bridge } from "./mqtt/bridge.ts";
 import { DiskBuffer } from "./mqtt/buffer.ts";
 import { GatewayMqtt } from "./mqtt/client.ts";
 import { Dispatcher } from "./mqtt/dispatcher.ts";
+import { duplicateError } from "./mqtt/duplicate.ts";
 import { createHandlers } from "./mqtt/requests.ts";
 import { WritePolicy } from "./write-policy.ts";
 
@@ -35,8 +36,15 @@ export interface Gateway {
   readonly dispatcher: Dispatcher;
   /** `http://host:port/metrics`, or null when disabled or failed to start. */
   readonly metricsUrl: string | null;
+  /** Random id of this process, carried in `bridge/state` (a new one at every start). */
+  readonly instance: string;
   /** Graceful stop: offline state published before the MQTT connection closes. */
   stop(): Promise<void>;
+  /**
+   * Settles once the gateway has stopped: undefined after `stop()`, the error when it stopped itself
+   * (`GW_ERR_DUPLICATE_GATEWAY`: another instance holds the gateway id).
+   */
+  readonly stopped: Promise<CodedError | undefined>;
 }
 
 export interface GatewayDeps {
@@ -100,6 +108,8 @@ export async function startGateway(
   const topics = new Topics(config.mqtt.base_topic, config.gateway_id);
   const policy = new WritePolicy(config);
   const engine = deps.engine ?? (await createRealEngine(engineOptions(config, policy)));
+  const instance = randomBytes(8).toString("hex");
+  const startedAt = new Date();
 
   const url = new URL(config.mqtt.url);
   const username = config.mqtt.username ?? (url.username ? decodeURIComponent(url.username) : undefined);
@@ -117,6 +127,9 @@ export async function startGateway(
     reconnectPeriodMs: config.mqtt.reconnect_period_ms,
     connectTimeoutMs: config.mqtt.connect_timeout_ms,
     rejectUnauthorized: config.mqtt.reject_unauthorized,
+    instance,
+    startedAt,
+    duplicateCheckMs: config.mqtt.duplicate_check_ms,
     ...(username !== undefined ? { username } : {}),
     ...(password !== undefined ? { password } : {}),
     ...tls,
@@ -137,7 +150,7 @@ export async function startGateway(
     },
   });
   const store = new CatalogueStore(config.data_dir, log.child({ module: "catalogue" }));
-  bridge = new Bridge({ engine, mqtt, buffer, config, log: log.child({ module: "bridge" }) });
+  bridge = new Bridge({ engine, mqtt, buffer, config, startedAt, log: log.child({ module: "bridge" }) });
   const b = bridge;
   const discovery = new Discovery({
     engine,
@@ -168,6 +181,19 @@ export async function startGateway(
     log: log.child({ module: "dispatcher" }),
   });
 
+  // Another instance with this gateway id: `won` repeats the birth, `refused`/`lost` stops this one.
+  let failure: CodedError | undefined;
+  let stopSelf: (() => void) | undefined;
+  mqtt.on("duplicate", (info) => {
+    if (info.outcome === "won") {
+      // The loser's birth may still be landing: repeat ours (info, devices, meta) a moment later.
+      setTimeout(() => void b.birth(), 1000).unref();
+      return;
+    }
+    failure ??= duplicateError(config.gateway_id, mqtt.identity, info);
+    stopSelf?.();
+  });
+
   // Core: a failure here stops the start and undoes what was started.
   const undo: Array<() => Promise<void> | void> = [];
   try {
@@ -179,6 +205,10 @@ export async function startGateway(
     undo.push(() => b.stop());
     mqtt.start();
     undo.push(() => mqtt.stop());
+    // Nothing is polled before the gateway id is known to be free (or the broker is away: then the
+    // check runs when the connection comes up, and a duplicate found then stops the gateway).
+    const wait = config.mqtt.connect_timeout_ms + config.mqtt.duplicate_check_ms + 1000;
+    if ((await mqtt.firstOutcome(wait)) === "refused" && failure) throw failure;
   } catch (err) {
     for (const fn of undo.reverse()) await Promise.resolve(fn()).catch(() => undefined);
     throw err;
@@ -208,6 +238,10 @@ export async function startGateway(
   log.info({ gateway_id: config.gateway_id, base: config.mqtt.base_topic }, "gateway started");
 
   let stopping: Promise<void> | undefined;
+  let settleStopped: (err: CodedError | undefined) => void = () => undefined;
+  const stopped = new Promise<CodedError | undefined>((resolve) => {
+    settleStopped = resolve;
+  });
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
       await metrics?.close().catch(() => undefined);
@@ -219,9 +253,15 @@ export async function startGateway(
       await withDeadline(b.drained(), 3000);
       buffer.close();
       log.info("gateway stopped");
+      settleStopped(failure);
     })();
     return stopping;
   };
+  stopSelf = () => void stop();
+  if (failure) {
+    await stop();
+    throw failure;
+  }
 
   return {
     config,
@@ -233,7 +273,9 @@ export async function startGateway(
     discovery,
     dispatcher,
     metricsUrl: metrics?.url ?? null,
+    instance,
     stop,
+    stopped,
   };
 }
 

@@ -154,13 +154,16 @@ describe("gateway role", () => {
     expect(seen.some((m) => m.payload === "foreign-will")).toBe(false);
   });
 
-  it("subscribes to its own requests only", async () => {
+  it("subscribes to its own requests, bridge/state and health_check responses only", async () => {
     const granted = await grantedTo("gw1", [
       gw1.requestFilter(),
       gw1.request("device/write"),
       gw2.requestFilter(),
       gw1.allFilter(),
       gw1.bridge("state"),
+      gw1.response("health_check"),
+      gw2.bridge("state"),
+      gw1.bridge("info"),
       Filters.all(base),
       "#",
     ]);
@@ -169,7 +172,10 @@ describe("gateway role", () => {
       [gw1.request("device/write")]: 1,
       [gw2.requestFilter()]: 128,
       [gw1.allFilter()]: 128,
-      [gw1.bridge("state")]: 128,
+      [gw1.bridge("state")]: 1,
+      [gw1.response("health_check")]: 1,
+      [gw2.bridge("state")]: 128,
+      [gw1.bridge("info")]: 128,
       [Filters.all(base)]: 128,
       "#": 128,
     });
