@@ -470,6 +470,7 @@ it.skipIf(skipReason !== undefined)(
     // Before the stop: a stopping gateway may announce its devices offline.
     const availabilityCut = cut.map(states);
     const availabilityKept = kept.map(states);
+    const gatewayExitedEarly = gateway.exitCode !== null || gateway.signalCode !== null;
 
     await stop(gateway);
     await sleep(500); // the subscriber's last deliveries
@@ -523,10 +524,12 @@ it.skipIf(skipReason !== undefined)(
       stored: stored.size,
       lost: lost.length,
       errored,
+      gateway_exited_early: gatewayExitedEarly,
       lostSample: lost.slice(0, 5),
       duration_s: Math.round((Date.now() - started) / 1000),
     });
 
+    expect(gatewayExitedEarly, gwLog.slice(-3000)).toBe(false);
     // The impairment really happened and was recovered from by retries.
     expect(d1.dropped - d0.dropped).toBeGreaterThan(0);
     expect(retries).toBeGreaterThan(0);
