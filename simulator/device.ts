@@ -65,6 +65,8 @@ export interface DeviceOptions {
   maxApdu: number;
   rpm: boolean;
   cov: boolean;
+  /** Point id (or "*") → COV misbehaviour; see SimDeviceConfig.covFaults. */
+  covFaults: Record<string, "silent" | "refuse">;
   vendorId: number;
   vendorName: string;
   modelName: string;
@@ -898,6 +900,10 @@ export class SimDevice {
       this.subscriptions.delete(key);
       return "simple";
     }
+    const fault = this.opts.covFaults[target.key] ?? this.opts.covFaults["*"];
+    if (fault === "refuse") return [ErrorClass.object, ErrorCode.optionalFunctionalityNotSupported];
+    // Acknowledged and then forgotten: no subscription, so no notification ever follows.
+    if (fault === "silent") return "simple";
     const life = lifetime ?? 0;
     if (!this.subscriptions.has(key) && this.subscriptions.size >= MAX_COV_SUBSCRIPTIONS) {
       return [ErrorClass.resources, ErrorCode.covSubscriptionFailed];

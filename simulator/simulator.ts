@@ -30,6 +30,12 @@ export interface SimDeviceConfig {
   rpm?: boolean;
   /** Supports SubscribeCOV (default true). */
   cov?: boolean;
+  /**
+   * COV misbehaviour by point id (`"*"` = every object), as broken or overloaded controllers show:
+   * `"silent"` acknowledges SubscribeCOV (SimpleACK) but never sends a notification, not even the
+   * initial one; `"refuse"` answers SubscribeCOV with Error (object, optional-functionality-not-supported).
+   */
+  covFaults?: Record<string, "silent" | "refuse">;
   vendorId?: number;
   vendorName?: string;
   modelName?: string;
@@ -125,6 +131,7 @@ function deviceOptions(
     maxApdu: c.maxApdu ?? 1476,
     rpm: c.rpm ?? true,
     cov: c.cov ?? true,
+    covFaults: c.covFaults ?? {},
     vendorId: c.vendorId ?? 999,
     vendorName: c.vendorName ?? "bacmqtt",
     modelName: c.modelName ?? "bacmqtt simulated controller",
@@ -157,6 +164,9 @@ export function validateSimulatorConfig(config: SimulatorConfig): void {
       if (!Number.isInteger(n) || (n as number) < 0 || (n as number) > 100_000)
         problems.push(`${where}: object count for ${type} must be an integer 0..100000`);
     }
+    for (const [key, fault] of Object.entries(c.covFaults ?? {}))
+      if (fault !== "silent" && fault !== "refuse")
+        problems.push(`${where}: covFaults.${key} must be "silent" or "refuse"`);
     if (c.maxApdu !== undefined && (!Number.isInteger(c.maxApdu) || c.maxApdu < 50 || c.maxApdu > 1476))
       problems.push(`${where}: maxApdu must be an integer 50..1476`);
     if (c.lossRate !== undefined && !(c.lossRate >= 0 && c.lossRate <= 1))

@@ -23,6 +23,7 @@ function makeDevice(overrides: Partial<ConstructorParameters<typeof SimDevice>[0
       maxApdu: 1476,
       rpm: true,
       cov: true,
+      covFaults: {},
       vendorId: 999,
       vendorName: "v",
       modelName: "m",
