@@ -22,6 +22,9 @@ const PointConfig = Type.Object(
     poll_interval_s: Type.Optional(
       Type.Number({ minimum: 0.1, maximum: 86400, description: "Poll this point at its own interval" }),
     ),
+    cov: Type.Optional(
+      Type.Boolean({ description: "COV for this point (over the device's and the global setting)" }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -116,6 +119,12 @@ export const GatewayConfigSchema = Type.Object(
         per_device_in_flight: Type.Integer({ default: 4, minimum: 1, maximum: 64 }),
         global_in_flight: Type.Integer({ default: 64, minimum: 1, maximum: 255 }),
         offline_after_failures: Type.Integer({ default: 3, minimum: 1, maximum: 100 }),
+        liveness_s: Type.Number({
+          default: 60,
+          minimum: 1,
+          maximum: 86400,
+          description: "Probe a device that has not answered anything for this long (e.g. all points on COV)",
+        }),
       },
       { default: {}, additionalProperties: false },
     ),

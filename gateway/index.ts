@@ -66,6 +66,7 @@ export function engineOptions(cfg: GatewayConfig, policy: WritePolicy): EngineOp
     perDeviceInFlight: b.per_device_in_flight,
     globalInFlight: b.global_in_flight,
     offlineAfterFailures: b.offline_after_failures,
+    livenessS: b.liveness_s,
     pollIntervalS: cfg.polling.interval_s,
     cov: cfg.polling.cov,
     covLifetimeS: cfg.polling.cov_lifetime_s,

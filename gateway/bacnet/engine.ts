@@ -66,7 +66,14 @@ import {
 type Resolved = Required<
   Omit<
     EngineOptions,
-    "interface" | "broadcast" | "bbmd" | "targets" | "broadcastPort" | "covConfirmed" | "probeMaxS"
+    | "interface"
+    | "broadcast"
+    | "bbmd"
+    | "targets"
+    | "broadcastPort"
+    | "covConfirmed"
+    | "probeMaxS"
+    | "covSilenceS"
   >
 > &
   EngineOptions;
@@ -88,6 +95,8 @@ interface CovSub {
   /** The SubscribeCOV in flight, awaited before cancelling so a late renewal cannot outlive stop(). */
   inflight?: Promise<unknown>;
   lastNotification: number;
+  /** A (re)subscription was acknowledged and its initial notification has not arrived yet. */
+  awaitingInitial: boolean;
   renewTimer?: NodeJS.Timeout;
   silentTimer?: NodeJS.Timeout;
 }
@@ -96,15 +105,24 @@ interface Managed {
   cat: DeviceCatalogue;
   dest: Destination;
   options: DeviceOptions;
-  online: boolean;
+  /** "unknown" until the first answer: managing a device does not prove it is there. */
+  state: Availability;
   failures: number;
+  /** When the device last answered anything (a reply, an Error/Reject, a COV notification), on the
+   * monotonic clock (`performance.now()`); 0 = never. */
+  lastHeard: number;
+  /** Liveness check: probes a device that has been quiet for `livenessS` (all-COV devices). */
+  livenessTimer?: NodeJS.Timeout;
   pollTimers: Map<number, NodeJS.Timeout>;
   probeTimer?: NodeJS.Timeout;
   probeDelayMs: number;
   covs: Map<string, CovSub>;
-  covFallback: Set<string>;
+  /** Points polled because COV failed them: refused for good, or silent (retried after an outage). */
+  covFallback: Map<string, "refused" | "silent">;
   stopped: boolean;
 }
+
+type Availability = "unknown" | "online" | "offline";
 
 type PropResult = { values: DecodedValue[]; error?: undefined } | { values?: undefined; error: BacnetError };
 
@@ -118,6 +136,7 @@ const DEFAULTS = {
   pollIntervalS: 10,
   cov: true,
   covLifetimeS: 300,
+  livenessS: 60,
   minWritePriority: 8,
   defaultWritePriority: 8,
   writeAllowlist: [] as string[],
@@ -271,7 +290,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
         prev.device.network === dev.network &&
         prev.device.mac === dev.mac;
       const m = this.managedDevices.get(e.deviceInstance);
-      if (m && !m.online && !m.stopped) {
+      if (m && m.state === "offline" && !m.stopped) {
         // A lost device announces itself again (rebooted, or moved to a new address by DHCP):
         // take the new address, report it as discovered again and probe now instead of waiting.
         if (!same) {
@@ -856,18 +875,22 @@ export class Engine extends EventEmitter implements BacnetEngine {
       cat: catalogue,
       dest: k.dest,
       options: { ...options },
-      online: true,
+      state: "unknown",
       failures: 0,
+      lastHeard: 0,
       pollTimers: new Map(),
       probeDelayMs: 0,
       covs: new Map(),
-      covFallback: new Set(),
+      covFallback: new Map(),
       stopped: false,
     };
     this.managedDevices.set(catalogue.deviceInstance, m);
-    this.emit("availability", catalogue.deviceInstance, "online", "managed");
+    // No availability yet: it becomes online with the first answer (poll, SubscribeCOV, probe) or
+    // offline after `offlineAfterFailures` timeouts. A device with nothing to poll or subscribe is
+    // probed at once so it does not stay unknown.
     this.schedule(m);
-    if ((m.options.cov ?? this.opts.cov) && catalogue.supportsCov) this.subscribeAll(m);
+    this.subscribeAll(m);
+    this.armLiveness(m, this.selected(m).length === 0 ? 0 : this.livenessMs());
   }
 
   async unmanage(device: number): Promise<void> {
@@ -882,6 +905,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
     for (const t of m.pollTimers.values()) clearTimeout(t);
     m.pollTimers.clear();
     if (m.probeTimer) clearTimeout(m.probeTimer);
+    if (m.livenessTimer) clearTimeout(m.livenessTimer);
     const subs = [...m.covs.values()];
     m.covs.clear();
     for (const s of subs) {
@@ -930,7 +954,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
     }
     this.cancelSubs(m, old).catch((err: unknown) => this.emit("error", err as Error));
     this.schedule(m);
-    if ((m.options.cov ?? this.opts.cov) && m.cat.supportsCov && m.online) this.subscribeAll(m);
+    if (m.state !== "offline") this.subscribeAll(m);
     return { ...m.options };
   }
 
@@ -939,7 +963,11 @@ export class Engine extends EventEmitter implements BacnetEngine {
   }
 
   isOnline(device: number): boolean {
-    return this.managedDevices.get(device)?.online ?? false;
+    return this.managedDevices.get(device)?.state === "online";
+  }
+
+  availability(device: number): Availability {
+    return this.managedDevices.get(device)?.state ?? "unknown";
   }
 
   private selected(m: Managed): string[] {
@@ -967,10 +995,10 @@ export class Engine extends EventEmitter implements BacnetEngine {
         const started = performance.now();
         // Points delivered by a live COV subscription are not polled.
         const due = points.filter((p) => !m.covs.get(p)?.active);
-        if (m.online && due.length > 0) {
+        if (m.state !== "offline" && due.length > 0) {
           try {
             const readings = await this.readPoints(m.cat.deviceInstance, due);
-            this.success(m);
+            this.heard(m, "answered poll");
             if (!m.stopped && readings.length) this.emit("readings", m.cat.deviceInstance, readings, "poll");
           } catch (err) {
             this.countError(err);
@@ -1001,8 +1029,24 @@ export class Engine extends EventEmitter implements BacnetEngine {
     }
   }
 
-  private success(m: Managed): void {
+  /** The device answered (a reply, or an Error/Reject PDU: both prove it is there). */
+  private heard(m: Managed, reason: string): void {
+    m.lastHeard = performance.now();
     m.failures = 0;
+    if (m.stopped || m.state === "online") return;
+    const was = m.state;
+    m.state = "online";
+    if (m.probeTimer) clearTimeout(m.probeTimer);
+    m.probeTimer = undefined;
+    if (was === "offline") {
+      this.log.info({ device: m.cat.deviceInstance, reason }, "device back online");
+      // Silence may have been the outage, not the device's COV: give those points another try.
+      for (const [point, why] of m.covFallback) if (why === "silent") m.covFallback.delete(point);
+      // Its subscriptions may have been lost with it (reboot): subscribe afresh, renewals re-armed.
+      this.subscribeAll(m);
+    }
+    this.emit("availability", m.cat.deviceInstance, "online", reason);
+    this.armLiveness(m, this.livenessMs());
   }
 
   private failure(m: Managed, err: unknown): void {
@@ -1010,48 +1054,89 @@ export class Engine extends EventEmitter implements BacnetEngine {
     // Only silence means the device is gone; an Error/Reject PDU proves it is alive.
     if (e.kind !== "timeout") return;
     m.failures++;
-    if (m.online && m.failures >= this.opts.offlineAfterFailures) this.goOffline(m, e.message);
+    if (m.state !== "offline" && m.failures >= this.opts.offlineAfterFailures) this.goOffline(m, e.message);
   }
 
   private goOffline(m: Managed, reason: string): void {
-    if (!m.online || m.stopped) return;
-    m.online = false;
+    if (m.state === "offline" || m.stopped) return;
+    m.state = "offline";
     this.log.warn({ device: m.cat.deviceInstance, reason }, "device offline");
     this.emit("availability", m.cat.deviceInstance, "offline", reason);
     for (const s of m.covs.values()) {
       this.clearSub(s);
       s.active = false;
+      s.awaitingInitial = false;
     }
+    if (m.livenessTimer) clearTimeout(m.livenessTimer);
+    m.livenessTimer = undefined;
     m.probeDelayMs = Math.max(500, this.opts.apduTimeoutMs);
     this.probe(m);
   }
 
+  private livenessMs(): number {
+    return Math.max(1, this.opts.livenessS) * 1000;
+  }
+
+  /**
+   * Liveness: a device that said nothing for `livenessS` (all its points on COV and nothing
+   * changed, or nothing selected) gets a ReadProperty of its object-name; a timeout counts as a
+   * failure like a failed poll, and the next probe follows after one APDU timeout, so a dead
+   * all-COV device is offline within about livenessS + offlineAfterFailures × (retries + 2) ×
+   * apduTimeout instead of at its next subscription renewal. Offline devices are left to probe().
+   */
+  private armLiveness(m: Managed, delayMs: number): void {
+    if (m.livenessTimer) clearTimeout(m.livenessTimer);
+    if (m.stopped) return;
+    m.livenessTimer = setTimeout(() => {
+      m.livenessTimer = undefined;
+      if (m.stopped || m.state === "offline") return;
+      const quietMs = performance.now() - m.lastHeard;
+      if (m.lastHeard > 0 && quietMs < this.livenessMs()) {
+        this.armLiveness(m, this.livenessMs() - quietMs);
+        return;
+      }
+      const k = this.known.get(m.cat.deviceInstance);
+      if (!k) return;
+      const alive = () => {
+        this.heard(m, "answered liveness probe");
+        this.armLiveness(m, this.livenessMs());
+      };
+      this.readPropertyRaw(k, { type: 8, instance: m.cat.deviceInstance }, { id: Prop.OBJECT_NAME }).then(
+        alive,
+        (err: unknown) => {
+          if (m.stopped || (err as BacnetError).code === GW_ERR.STOPPED) return;
+          if ((err as BacnetError).kind !== "timeout") {
+            alive();
+            return;
+          }
+          this.countError(err);
+          this.failure(m, err);
+          if (m.state !== "offline") this.armLiveness(m, this.opts.apduTimeoutMs);
+        },
+      );
+    }, delayMs);
+  }
+
+  /** Offline: ReadProperty object-name with backoff (APDU timeout doubling up to probeMaxS). */
   private probe(m: Managed): void {
     if (m.stopped) return;
+    if (m.probeTimer) clearTimeout(m.probeTimer);
     m.probeTimer = setTimeout(() => {
+      m.probeTimer = undefined;
       const k = this.known.get(m.cat.deviceInstance);
-      if (!k || m.stopped) return;
+      if (!k || m.stopped || m.state !== "offline") return;
       this.readPropertyRaw(
         k,
         { type: 8, instance: m.cat.deviceInstance },
         { id: Prop.OBJECT_NAME },
         { retries: 0 },
       ).then(
-        () => {
-          if (m.stopped) return;
-          m.online = true;
-          m.failures = 0;
-          this.log.info({ device: m.cat.deviceInstance }, "device back online");
-          this.emit("availability", m.cat.deviceInstance, "online", "answered probe");
-          if ((m.options.cov ?? this.opts.cov) && m.cat.supportsCov) this.subscribeAll(m);
-        },
+        () => this.heard(m, "answered probe"),
         (err: unknown) => {
-          if (m.stopped) return;
+          if (m.stopped || m.state !== "offline" || (err as BacnetError).code === GW_ERR.STOPPED) return;
+          // It answered (with an error): that is alive enough.
           if ((err as BacnetError).kind !== "timeout") {
-            // It answered (with an error): that is alive enough.
-            m.online = true;
-            m.failures = 0;
-            this.emit("availability", m.cat.deviceInstance, "online", "answered probe");
+            this.heard(m, "answered probe");
             return;
           }
           m.probeDelayMs = Math.min(
@@ -1073,11 +1158,21 @@ export class Engine extends EventEmitter implements BacnetEngine {
     s.silentTimer = undefined;
   }
 
+  /**
+   * COV for a point: the device must support SubscribeCOV; then the point's own `cov` (from the
+   * configuration, through the catalogue) wins over the device's and the engine's setting.
+   */
+  private covWanted(m: Managed, p: PointMetaPayload): boolean {
+    return m.cat.supportsCov && (p.cov ?? m.options.cov ?? this.opts.cov);
+  }
+
   private subscribeAll(m: Managed): void {
+    if (m.stopped || m.state === "offline" || !m.cat.supportsCov) return;
+    const selected = new Set(this.selected(m));
     for (const p of m.cat.points) {
+      if (!selected.has(p.point) || m.covFallback.has(p.point) || !this.covWanted(m, p)) continue;
       const parsed = parsePointId(p.point);
-      if (!parsed || !COV_TYPES.has(parsed.objectType) || m.covFallback.has(p.point)) continue;
-      if (!this.selected(m).includes(p.point)) continue;
+      if (!parsed || !COV_TYPES.has(parsed.objectType)) continue;
       let s = m.covs.get(p.point);
       if (!s) {
         s = {
@@ -1087,6 +1182,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
           active: false,
           sent: false,
           lastNotification: 0,
+          awaitingInitial: false,
         };
         m.covs.set(p.point, s);
         this.covByProcess.set(s.processId, { device: m.cat.deviceInstance, sub: s });
@@ -1095,8 +1191,13 @@ export class Engine extends EventEmitter implements BacnetEngine {
     }
   }
 
+  /** How long an acknowledged subscription may stay without its initial notification. */
+  private covSilenceMs(): number {
+    return (this.opts.covSilenceS ?? Math.max(5, (this.opts.apduTimeoutMs * 2) / 1000)) * 1000;
+  }
+
   private async subscribe(m: Managed, s: CovSub, first: boolean): Promise<void> {
-    if (m.stopped || !m.online) return;
+    if (m.stopped || m.state === "offline") return;
     // Never 0: that would ask for a subscription without end, which we could not clean up.
     const lifetime = Math.max(1, this.opts.covLifetimeS);
     try {
@@ -1115,30 +1216,42 @@ export class Engine extends EventEmitter implements BacnetEngine {
     } catch (err) {
       if (m.stopped) return;
       const e = err as BacnetError;
+      if (e.code === GW_ERR.STOPPED) return;
       if (e.kind === "timeout") {
         this.failure(m, e);
         // Not refused, just unanswered: poll it meanwhile and try again at the next renewal.
         s.active = false;
-        this.armRenew(m, s);
+        if (m.covs.get(s.point) === s) this.armRenew(m, s);
         return;
       }
-      this.fallback(m, s, `${e.code}: ${e.message}`);
+      // An Error/Reject/Abort is an answer: the device is there, it just will not do COV here.
+      this.heard(m, "answered SubscribeCOV");
+      if (m.covs.get(s.point) === s) this.fallback(m, s, "refused", `${e.code}: ${e.message}`);
       return;
     }
+    if (m.stopped) return;
+    this.heard(m, "answered SubscribeCOV");
     // Replaced meanwhile (options changed): the device lets the orphan expire with its lifetime.
-    if (m.stopped || m.covs.get(s.point) !== s) return;
+    if (m.covs.get(s.point) !== s || (m.state as Availability) === "offline") return;
     s.active = true;
     this.armRenew(m, s);
     if (first) {
-      // The standard requires an initial notification; a subscription that stays silent is
-      // treated as broken and the point goes back to polling.
-      const silentMs = Math.max(5000, this.opts.apduTimeoutMs * 2);
+      // The standard requires an initial notification right after a successful subscription
+      // (clause 13.1.2). Acknowledged but silent for covSilenceS = broken or overloaded COV server:
+      // the point goes back to polling and the subscription is cancelled at the device.
+      s.awaitingInitial = true;
       if (s.silentTimer) clearTimeout(s.silentTimer);
       s.silentTimer = setTimeout(() => {
         s.silentTimer = undefined;
-        if (!m.stopped && s.lastNotification === 0 && m.covs.get(s.point) === s)
-          this.fallback(m, s, "no COV notification received");
-      }, silentMs);
+        if (m.stopped || !s.awaitingInitial || m.covs.get(s.point) !== s || m.state === "offline") return;
+        this.fallback(
+          m,
+          s,
+          "silent",
+          `no COV notification within ${this.covSilenceMs() / 1000} s of an acknowledged SubscribeCOV`,
+        );
+        this.cancelSubs(m, [s]).catch((err: unknown) => this.emit("error", err as Error));
+      }, this.covSilenceMs());
     }
   }
 
@@ -1153,12 +1266,13 @@ export class Engine extends EventEmitter implements BacnetEngine {
     }, ms);
   }
 
-  private fallback(m: Managed, s: CovSub, reason: string): void {
+  private fallback(m: Managed, s: CovSub, kind: "refused" | "silent", reason: string): void {
     this.clearSub(s);
     s.active = false;
+    s.awaitingInitial = false;
     m.covs.delete(s.point);
     this.covByProcess.delete(s.processId);
-    m.covFallback.add(s.point);
+    m.covFallback.set(s.point, kind);
     this.log.info({ device: m.cat.deviceInstance, point: s.point, reason }, "COV fallback to polling");
     this.emit("covFallback", m.cat.deviceInstance, s.point, reason);
   }
@@ -1172,13 +1286,12 @@ export class Engine extends EventEmitter implements BacnetEngine {
     if (!m || m.stopped) return;
     this.counters.covNotificationsTotal++;
     s.lastNotification = Date.now();
-    s.active = true;
-    if (!m.online) {
-      m.online = true;
-      m.failures = 0;
-      if (m.probeTimer) clearTimeout(m.probeTimer);
-      this.emit("availability", m.cat.deviceInstance, "online", "COV notification");
-    }
+    s.awaitingInitial = false;
+    if (s.silentTimer) clearTimeout(s.silentTimer);
+    s.silentTimer = undefined;
+    this.heard(m, "COV notification");
+    // An offline→online turn re-subscribed it (heard); until that is acknowledged it stays polled.
+    if (m.covs.get(s.point) === s && s.renewTimer) s.active = true;
     const pv = e.values.find((v) => v.id === Prop.PRESENT_VALUE);
     if (!pv) return;
     const sf = e.values.find((v) => v.id === Prop.STATUS_FLAGS);
@@ -1269,13 +1382,15 @@ export class Engine extends EventEmitter implements BacnetEngine {
 
   stats(): EngineStats {
     const devices = [...this.managedDevices.values()];
-    const online = devices.filter((d) => d.online).length;
+    const online = devices.filter((d) => d.state === "online").length;
+    // Devices that have not answered yet are neither: unknown = total − online − offline.
+    const offline = devices.filter((d) => d.state === "offline").length;
     const now = Date.now();
     const sec = Math.floor(now / 1000);
     // The ten completed seconds before this one.
     const recent = this.readWindow.filter((w) => w.t >= sec - 10 && w.t < sec).reduce((a, w) => a + w.n, 0);
     return {
-      devices: { total: devices.length, online, offline: devices.length - online },
+      devices: { total: devices.length, online, offline },
       points: devices.reduce((a, d) => a + d.cat.points.length, 0),
       readsTotal: this.counters.readsTotal,
       readsPerS: recent / 10,
@@ -1285,6 +1400,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
       lagMs: this.counters.lagMs,
       covSubscriptions: devices.reduce((a, d) => a + [...d.covs.values()].filter((s) => s.active).length, 0),
       covNotificationsTotal: this.counters.covNotificationsTotal,
+      covFallbacks: devices.reduce((a, d) => a + d.covFallback.size, 0),
     };
   }
 

@@ -40,6 +40,17 @@ export interface EngineOptions {
   covConfirmed?: boolean;
   /** Longest pause between probes of an offline device, seconds (default 60; probing backs off from the APDU timeout). */
   probeMaxS?: number;
+  /**
+   * Liveness: a managed device that has not answered anything for this long (all its points on
+   * COV, nothing changing) is probed with a ReadProperty of its object-name; timeouts count toward
+   * `offlineAfterFailures` (default 60 s).
+   */
+  livenessS?: number;
+  /**
+   * An acknowledged SubscribeCOV whose initial notification does not arrive within this many
+   * seconds counts as silent: the point falls back to polling (default max(5, 2 × APDU timeout)).
+   */
+  covSilenceS?: number;
 }
 
 /** Where a device is reached: the BACnet/IP node that answered, plus DNET/DADR when routed. */
@@ -113,6 +124,7 @@ export interface WriteOutcome {
 
 export interface DeviceOptions {
   pollIntervalS?: number;
+  /** COV for the device's points; a point's own `cov` in the catalogue (configuration) wins. */
   cov?: boolean;
   include?: string[];
   exclude?: string[];
@@ -135,6 +147,7 @@ export interface EngineEvents {
 }
 
 export interface EngineStats {
+  /** Managed devices; those not answered yet (availability unknown) are neither online nor offline. */
   devices: { total: number; online: number; offline: number };
   points: number;
   readsTotal: number;
@@ -145,6 +158,8 @@ export interface EngineStats {
   lagMs: number;
   covSubscriptions: number;
   covNotificationsTotal: number;
+  /** Points polled because their COV subscription was refused or stayed silent. */
+  covFallbacks: number;
 }
 
 /**
@@ -169,6 +184,8 @@ export interface BacnetEngine {
   setOptions(device: number, options: DeviceOptions): DeviceOptions;
   managed(): DeviceCatalogue[];
   isOnline(device: number): boolean;
+  /** "unknown" from manage() until the device first answers, then "online" / "offline". */
+  availability(device: number): "unknown" | "online" | "offline";
 
   /** Reads one property now (default present-value). */
   read(device: number, point: string, property?: string, index?: number): Promise<unknown>;

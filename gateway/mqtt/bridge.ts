@@ -225,7 +225,7 @@ export class Bridge {
     return { ...o, include: expand(o.include), exclude: expand(o.exclude) };
   }
 
-  /** The catalogue as handed to the engine: per-point poll intervals from the configuration applied. */
+  /** The catalogue as handed to the engine: per-point poll intervals and COV from the configuration applied. */
   scheduledCatalogue(catalogue: DeviceCatalogue): DeviceCatalogue {
     const points = this.config.devices[String(catalogue.deviceInstance)]?.points;
     if (!points) return catalogue;
@@ -233,7 +233,13 @@ export class Bridge {
       ...catalogue,
       points: catalogue.points.map((p) => {
         const interval = points[p.point]?.poll_interval_s;
-        return interval === undefined ? p : { ...p, poll_interval_s: interval };
+        const cov = points[p.point]?.cov;
+        if (interval === undefined && cov === undefined) return p;
+        return {
+          ...p,
+          ...(interval !== undefined ? { poll_interval_s: interval } : {}),
+          ...(cov !== undefined ? { cov } : {}),
+        };
       }),
     };
   }
@@ -270,7 +276,10 @@ export class Bridge {
     for (const entry of [...this.devices.values()].sort((a, b) => a.instance - b.instance)) {
       count += 1;
       sends.push(this.publishMeta(entry));
-      sends.push(this.publishAvailability(entry.instance, this.engine.isOnline(entry.instance)));
+      // Not answered yet since it was managed: the first answer (or its absence) publishes it.
+      const availability = this.engine.availability(entry.instance);
+      if (availability !== "unknown")
+        sends.push(this.publishAvailability(entry.instance, availability === "online"));
       if (Object.keys(entry.values).length > 0) sends.push(this.publishState(entry));
     }
     await Promise.all(sends);
@@ -300,11 +309,15 @@ export class Bridge {
 
   inventory(): BridgeDevicesPayload {
     let online = 0;
+    let offline = 0;
     let points = 0;
     const instances: number[] = [];
     for (const entry of this.devices.values()) {
       instances.push(entry.instance);
-      if (this.engine.isOnline(entry.instance)) online += 1;
+      // A device that has not answered since it was managed is neither (count − online − offline).
+      const availability = this.engine.availability(entry.instance);
+      if (availability === "online") online += 1;
+      else if (availability === "offline") offline += 1;
       points += entry.catalogue?.points.length ?? 0;
     }
     instances.sort((a, b) => a - b);
@@ -312,7 +325,7 @@ export class Bridge {
       timestamp: new Date().toISOString(),
       count: instances.length,
       online,
-      offline: instances.length - online,
+      offline,
       points,
       device_instances: instances,
     };

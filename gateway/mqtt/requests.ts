@@ -30,7 +30,8 @@ function known(ctx: HandlerContext, device: number): DeviceEntry {
 
 function online(ctx: HandlerContext, device: number): DeviceEntry {
   const entry = known(ctx, device);
-  if (!ctx.engine.isOnline(device))
+  // A device not answered yet (availability unknown) is tried: only a known-offline one is refused.
+  if (ctx.engine.availability(device) === "offline")
     throw new CodedError("GW_ERR_DEVICE_OFFLINE", `device ${device} is offline`);
   return entry;
 }

@@ -140,6 +140,16 @@ describe.each(brokers)("gateway with simulator and %s", (_name, makeBroker) => {
       (m) => [3101, 3102].every((dev) => m.some((x) => x.topic === `${c.root}/${dev}/state`)),
       "state of both devices",
     );
+    // Availability is unknown until a device first answers; the inventory follows it (coalesced).
+    await c.rec.waitFor(
+      (m) =>
+        m.some(
+          (x) =>
+            x.topic === `${c.root}/bridge/devices` &&
+            (JSON.parse(x.payload) as { online: number }).online === 2,
+        ),
+      "inventory with both devices online",
+    );
     const retained = await retainedUnder(broker.url, `${c.root}/#`);
     const keys = [...retained.keys()].map((k) => k.slice(c.root.length + 1)).sort();
     expect(keys).toEqual([

@@ -99,6 +99,10 @@ export class FakeEngine extends EventEmitter implements BacnetEngine {
   isOnline(device: number): boolean {
     return this.managedDevices.has(device) && !this.offline.has(device);
   }
+  availability(device: number): "unknown" | "online" | "offline" {
+    if (!this.managedDevices.has(device)) return "unknown";
+    return this.offline.has(device) ? "offline" : "online";
+  }
   async read(_device: number, _point: string, _property?: string): Promise<unknown> {
     return 42.5;
   }
@@ -134,6 +138,7 @@ export class FakeEngine extends EventEmitter implements BacnetEngine {
       lagMs: 0,
       covSubscriptions: 0,
       covNotificationsTotal: 0,
+      covFallbacks: 0,
     };
   }
   override on<E extends keyof EngineEvents>(event: E, listener: EngineEvents[E]): this {
