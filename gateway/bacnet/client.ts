@@ -33,7 +33,15 @@ import {
   simpleAck,
   unconfirmedHeader,
 } from "./codec.ts";
-import { abortFrom, BacnetError, bacnetErrorFrom, GW_ERR, rejectFrom, timeoutError } from "./errors.ts";
+import {
+  abortFrom,
+  BacnetError,
+  bacnetErrorFrom,
+  GW_ERR,
+  networkRejectFrom,
+  rejectFrom,
+  timeoutError,
+} from "./errors.ts";
 import { Limiter } from "./limiter.ts";
 
 export interface ClientOptions {
@@ -70,6 +78,8 @@ export interface ClientStats {
   timeouts: number;
   retries: number;
   lateOrUnmatched: number;
+  /** Reject-Message-To-Network received from a router we sent requests through. */
+  networkRejects: number;
   inFlight: number;
 }
 
@@ -100,6 +110,8 @@ interface IdSpace {
 const MAX_REASSEMBLY_BYTES = 4 * 1024 * 1024;
 /** BVLL header of an Original-Unicast-NPDU; the length is patched per datagram. */
 const BVLL_UNICAST_HEAD = Buffer.from([0x81, Bvlc.ORIGINAL_UNICAST_NPDU, 0, 0]);
+/** Network-layer message type Reject-Message-To-Network (clause 6.4.4). */
+const REJECT_MESSAGE_TO_NETWORK = 0x03;
 const MAX_SEGMENT_WINDOW = 16;
 
 export class BacnetClient extends EventEmitter {
@@ -121,6 +133,7 @@ export class BacnetClient extends EventEmitter {
     timeouts: 0,
     retries: 0,
     lateOrUnmatched: 0,
+    networkRejects: 0,
   };
   boundPort = 0;
 
@@ -432,6 +445,15 @@ export class BacnetClient extends EventEmitter {
     });
   }
 
+  /** Only from the node the requests were sent to: anyone else cannot speak for that route. */
+  private onNetworkReject(ip: string, port: number, reason: number, network: number): void {
+    this.counters.networkRejects++;
+    const hit = [...this.pending.values()].filter(
+      (p) => p.dest.ip === ip && p.dest.port === port && p.dest.network === network,
+    );
+    for (const p of hit) p.reject(networkRejectFrom(`${ip}:${port}`, network, reason));
+  }
+
   private finish(p: Pending, timedOut: boolean): void {
     if (p.timer) clearTimeout(p.timer);
     p.timer = undefined;
@@ -485,7 +507,13 @@ export class BacnetClient extends EventEmitter {
       return;
     }
     if (!d.npdu || !d.apdu) return;
-    if (d.npdu.networkMessage !== undefined) return; // network-layer messages: nothing to do for a client
+    if (d.npdu.networkMessage !== undefined) {
+      // Reject-Message-To-Network (reason, DNET): a router will not deliver to that network, so
+      // the requests waiting there fail now with that reason instead of running into timeouts.
+      if (d.npdu.networkMessage === REJECT_MESSAGE_TO_NETWORK && d.apdu.length >= 3)
+        this.onNetworkReject(d.ip, d.port, d.apdu[0] as number, d.apdu.readUInt16BE(1));
+      return; // other network-layer messages: nothing to do for a client
+    }
     // A message for another network that reached us (we are not a router) is not ours.
     if (d.npdu.dnet !== undefined && d.npdu.dnet !== GLOBAL_NETWORK) return;
     const apdu = decodeApdu(d.apdu);

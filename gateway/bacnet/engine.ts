@@ -30,7 +30,7 @@ import {
   parseHostPort,
   Service,
 } from "./codec.ts";
-import { BacnetError, bacnetErrorFrom, codeOf, GW_ERR } from "./errors.ts";
+import { BacnetError, bacnetErrorFrom, codeOf, GW_ERR, unreached } from "./errors.ts";
 import { resolveInterface } from "./interfaces.ts";
 import type {
   BacnetEngine,
@@ -549,7 +549,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
     try {
       out.set(resKey(object, p), { values: await this.readPropertyRaw(k, object, p) });
     } catch (err) {
-      if ((err as BacnetError).kind === "timeout" || (err as BacnetError).code === GW_ERR.STOPPED) throw err;
+      if (unreached(err) || (err as BacnetError).code === GW_ERR.STOPPED) throw err;
       out.set(resKey(object, p), { error: err as BacnetError });
     }
   }
@@ -645,7 +645,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
       supportsCov = bitAt(pss[0]?.value, ServiceBit.SUBSCRIBE_COV);
       k.rpm = supportsRpm ? k.rpm : false;
     } catch (err) {
-      if ((err as BacnetError).kind === "timeout" || (err as BacnetError).code === GW_ERR.STOPPED) throw err;
+      if (unreached(err) || (err as BacnetError).code === GW_ERR.STOPPED) throw err;
     }
     const devProps = [
       Prop.OBJECT_NAME,
@@ -1051,8 +1051,9 @@ export class Engine extends EventEmitter implements BacnetEngine {
 
   private failure(m: Managed, err: unknown): void {
     const e = err as BacnetError;
-    // Only silence means the device is gone; an Error/Reject PDU proves it is alive.
-    if (e.kind !== "timeout") return;
+    // Only silence (or a router that cannot reach it) means the device is gone; an Error/Reject
+    // PDU proves it is alive.
+    if (!unreached(e)) return;
     m.failures++;
     if (m.state !== "offline" && m.failures >= this.opts.offlineAfterFailures) this.goOffline(m, e.message);
   }
@@ -1105,7 +1106,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
         alive,
         (err: unknown) => {
           if (m.stopped || (err as BacnetError).code === GW_ERR.STOPPED) return;
-          if ((err as BacnetError).kind !== "timeout") {
+          if (!unreached(err)) {
             alive();
             return;
           }
@@ -1135,7 +1136,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
         (err: unknown) => {
           if (m.stopped || m.state !== "offline" || (err as BacnetError).code === GW_ERR.STOPPED) return;
           // It answered (with an error): that is alive enough.
-          if ((err as BacnetError).kind !== "timeout") {
+          if (!unreached(err)) {
             this.heard(m, "answered probe");
             return;
           }
@@ -1217,7 +1218,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
       if (m.stopped) return;
       const e = err as BacnetError;
       if (e.code === GW_ERR.STOPPED) return;
-      if (e.kind === "timeout") {
+      if (unreached(e)) {
         this.failure(m, e);
         // Not refused, just unanswered: poll it meanwhile and try again at the next renewal.
         s.active = false;

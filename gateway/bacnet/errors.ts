@@ -23,6 +23,8 @@ export const GW_ERR = {
   MALFORMED_REPLY: "GW_ERR_BACNET_MALFORMED_REPLY",
   DEVICE_UNKNOWN: "GW_ERR_BACNET_DEVICE_UNKNOWN",
   DEVICE_OFFLINE: "GW_ERR_BACNET_DEVICE_OFFLINE",
+  /** A router answered Reject-Message-To-Network (clause 6.4.4): unknown network, busy, … */
+  NETWORK_REJECT: "GW_ERR_BACNET_NETWORK_REJECT",
   POINT_UNKNOWN: "GW_ERR_BACNET_POINT_UNKNOWN",
   PROPERTY_UNKNOWN_NAME: "GW_ERR_BACNET_PROPERTY_NAME",
   WRITE_NOT_ALLOWED: "GW_ERR_WRITE_NOT_ALLOWED",
@@ -34,7 +36,14 @@ export const GW_ERR = {
   STOPPED: "GW_ERR_BACNET_STOPPED",
 } as const;
 
-export type BacnetFailureKind = "timeout" | "error" | "reject" | "abort" | "malformed" | "local";
+/** `network`: a router refused to carry the request (the device itself was never reached). */
+export type BacnetFailureKind = "timeout" | "network" | "error" | "reject" | "abort" | "malformed" | "local";
+
+/** The device was not reached (silence, or a router that cannot deliver): counts toward offline. */
+export function unreached(err: unknown): boolean {
+  const kind = (err as { kind?: unknown })?.kind;
+  return kind === "timeout" || kind === "network";
+}
 
 /** A failed BACnet request. `kind` tells the scheduler whether the device answered at all. */
 export class BacnetError extends CodedError {
@@ -103,6 +112,25 @@ export function abortFrom(reason: number): BacnetError {
           ? GW_ERR.BUFFER_OVERFLOW // apdu-too-long
           : GW_ERR.ABORT;
   return new BacnetError(code, `BACnet abort: ${name}`, "abort", { reason });
+}
+
+const NETWORK_REJECT_REASONS: Record<number, string> = {
+  0: "other error",
+  1: "the router is not connected to the network and knows no route to it",
+  2: "the router is busy",
+  3: "unknown network-layer message type",
+  4: "message too long",
+  5: "security error",
+  6: "addressing error",
+};
+
+export function networkRejectFrom(router: string, network: number, reason: number): BacnetError {
+  return new BacnetError(
+    GW_ERR.NETWORK_REJECT,
+    `router ${router} rejected the message to network ${network}: ${NETWORK_REJECT_REASONS[reason] ?? `reason ${reason}`}`,
+    "network",
+    { reason },
+  );
 }
 
 export function timeoutError(what: string, attempts: number): BacnetError {
