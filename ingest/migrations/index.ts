@@ -3,6 +3,7 @@
 // once released; add a new one instead.
 import { migration001 } from "./001-schema.ts";
 import { migration002 } from "./002-inventory-index.ts";
+import { migration003 } from "./003-inventory-keyset.ts";
 
 export type Dialect = "timescale" | "portable";
 
@@ -13,4 +14,4 @@ export interface Migration {
   statements(dialect: Dialect): string[];
 }
 
-export const MIGRATIONS: readonly Migration[] = [migration001, migration002];
+export const MIGRATIONS: readonly Migration[] = [migration001, migration002, migration003];
