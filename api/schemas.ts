@@ -158,13 +158,32 @@ export const DeviceQuery = Type.Object({
   sort: Type.Optional(DeviceSort),
   order: Type.Optional(Type.Union([Type.Literal("asc"), Type.Literal("desc")], { default: "asc" })),
   limit: Type.Integer({ minimum: 1, maximum: 500, default: 50 }),
-  offset: Type.Integer({ minimum: 0, maximum: 10_000_000, default: 0 }),
+  cursor: Type.Optional(
+    Type.String({
+      minLength: 1,
+      maxLength: 2048,
+      pattern: "^[A-Za-z0-9_-]+$",
+      description: "`next_cursor` of the previous page (same sort and order): the next page",
+    }),
+  ),
+  count: Type.Optional(
+    Type.Boolean({
+      description: "count the matches into `total`; default: on a first page, not with a cursor",
+    }),
+  ),
+  offset: Type.Integer({
+    minimum: 0,
+    maximum: 10_000_000,
+    default: 0,
+    description: "legacy paging, slower on deep pages: prefer `cursor`",
+  }),
 });
 
 export const DevicePage = Type.Object({
-  total: Type.Integer(),
+  total: N.int({ description: "matching devices; null on cursor pages unless count=true" }),
   limit: Type.Integer(),
-  offset: Type.Integer(),
+  offset: N.int({ description: "the offset asked for; null on cursor pages" }),
+  next_cursor: N.str({ description: "pass as `cursor` for the next page; null on the last page" }),
   items: Type.Array(DeviceSummary),
 });
 

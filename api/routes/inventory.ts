@@ -3,7 +3,7 @@
 // picked from a fixed table of clauses by a validated enum, never from client text.
 import type { FastifyPluginAsyncTypebox } from "@fastify/type-provider-typebox";
 import { Type } from "@sinclair/typebox";
-import { notFound } from "../errors.ts";
+import { badRequest, notFound } from "../errors.ts";
 import {
   DeviceDetail,
   DevicePage,
@@ -17,50 +17,200 @@ import {
   PointParams,
 } from "../schemas.ts";
 
-// Byte-order ("C") comparison of lower-cased names: a stable, locale-independent order that sorts
-// several times faster than the database's linguistic collation.
-const SORT_SQL: Record<string, string> = {
-  name: 'lower(d.object_name) COLLATE "C" %s NULLS LAST, d.gateway_id, d.device_instance',
-  instance: "d.device_instance %s, d.gateway_id",
-  vendor: 'lower(d.vendor_name) COLLATE "C" %s NULLS LAST, d.gateway_id, d.device_instance',
-  last_seen: "d.last_seen %s NULLS LAST, d.gateway_id, d.device_instance",
-  gateway: "d.gateway_id %s, d.device_instance",
+// Every sort is a tuple of non-null key expressions ending in the primary key, so that the order is
+// total and a page can start right after the previous page's last row: keyset ("cursor") paging, a
+// row comparison the index walk starts from, instead of OFFSET, which reads and discards every row
+// before the page (at 10,000 devices the planner then sorts the whole table). Nullable columns sort
+// as (IS NULL, coalesce(…)): nulls last in ascending order. `desc` is the exact reverse of `asc`
+// (nulls first) so that one index serves both directions. Names and vendors compare lower-cased in
+// byte order ("C"): locale-independent and several times faster than linguistic collation. The name
+// and vendor expressions are those of the indexes of migration 3; keep them identical.
+interface SortKeys {
+  /** Key expressions over `devices d`, in order. */
+  keys: string[];
+  /** The SQL type of each key, for the cursor's parameters. */
+  types: string[];
+}
+
+const nullableText = (col: string) => [`(d.${col} IS NULL)`, `(coalesce(lower(d.${col}), '') COLLATE "C")`];
+
+const SORTS: Record<DeviceSortKey, SortKeys> = {
+  name: {
+    keys: [...nullableText("object_name"), "d.gateway_id", "d.device_instance"],
+    types: ["bool", "text", "text", "int"],
+  },
+  vendor: {
+    keys: [...nullableText("vendor_name"), "d.gateway_id", "d.device_instance"],
+    types: ["bool", "text", "text", "int"],
+  },
+  // A timestamp travels in the cursor as whole microseconds since the epoch: exact, and a number
+  // that is simple to check (a Date would lose the microseconds, text would need parsing).
+  last_seen: {
+    keys: ["(d.last_seen IS NULL)", "coalesce(d.last_seen, 'epoch')", "d.gateway_id", "d.device_instance"],
+    types: ["bool", "usec", "text", "int"],
+  },
+  instance: { keys: ["d.device_instance", "d.gateway_id"], types: ["int", "text"] },
+  gateway: { keys: ["d.gateway_id", "d.device_instance"], types: ["text", "int"] },
 };
 
-const FILTERS = `
-    ($1::text IS NULL OR d.gateway_id = $1)
-    AND ($2::bool IS NULL OR d.online IS NOT DISTINCT FROM $2)
-    AND ($3::text IS NULL OR d.vendor_name ILIKE $3)
-    AND ($4::text IS NULL OR d.object_name ILIKE $4 OR d.description ILIKE $4)
-    AND ($5::text IS NULL OR d.object_name ILIKE $5 OR d.description ILIKE $5 OR d.location ILIKE $5
-         OR d.vendor_name ILIKE $5 OR d.model_name ILIKE $5 OR d.device_instance::text = $6)`;
+export type DeviceSortKey = "name" | "instance" | "vendor" | "last_seen" | "gateway";
+export type KeyValue = boolean | string | number;
 
-// The page is chosen on the key columns first (an index on the sort key serves it without sorting
-// every device), then only its rows are fetched and their points counted. The total is a separate
-// count run at the same time on another connection: a window count would make every request read
-// and sort all devices.
-const DEVICE_LIST = (orderBy: string) => `
+export interface DeviceFilters {
+  gateway?: string | undefined;
+  /** online / offline; unknown (null) matches neither. */
+  online?: boolean | undefined;
+  vendor?: string | undefined;
+  name?: string | undefined;
+  q?: string | undefined;
+}
+
+export interface DeviceListRequest extends DeviceFilters {
+  sort: DeviceSortKey;
+  order: "asc" | "desc";
+  limit: number;
+  /** Keys of the last row of the previous page (from a cursor). */
+  after?: KeyValue[] | undefined;
+  /** Legacy paging: rows to skip. Only without `after`. */
+  offset?: number | undefined;
+}
+
+// Unnamed statements on purpose: a named (server-side prepared) statement is per session, and on
+// the embedded database (PGlite behind pglite-socket) every connection shares one session, so two
+// connections preparing the same name collide.
+export interface Statement {
+  text: string;
+  values: unknown[];
+}
+
+const COLUMNS = `d.gateway_id, d.device_instance, d.object_name, d.description, d.location, d.vendor_id,
+         d.vendor_name, d.model_name, d.address, d.online, d.last_seen, d.updated_at`;
+
+/** Only the filters given become SQL (fixed fragments, values as parameters): plans stay simple. */
+function whereClause(f: DeviceFilters, values: unknown[]): string[] {
+  const param = (v: unknown) => {
+    values.push(v);
+    return `$${values.length}`;
+  };
+  const where: string[] = [];
+  if (f.gateway !== undefined) where.push(`d.gateway_id = ${param(f.gateway)}`);
+  if (f.online !== undefined) where.push(`d.online IS NOT DISTINCT FROM ${param(f.online)}::bool`);
+  const vendor = contains(f.vendor);
+  if (vendor !== null) where.push(`d.vendor_name ILIKE ${param(vendor)}`);
+  const name = contains(f.name);
+  if (name !== null) {
+    const p = param(name);
+    where.push(`(d.object_name ILIKE ${p} OR d.description ILIKE ${p})`);
+  }
+  const q = contains(f.q);
+  if (q !== null) {
+    const p = param(q);
+    where.push(
+      `(d.object_name ILIKE ${p} OR d.description ILIKE ${p} OR d.location ILIKE ${p}
+        OR d.vendor_name ILIKE ${p} OR d.model_name ILIKE ${p} OR d.device_instance::text = ${param(f.q)})`,
+    );
+  }
+  return where;
+}
+
+/**
+ * The page statement of `GET /api/devices`: the page is chosen on the key columns (an index walk
+ * from the cursor for the indexed sorts), then only its rows are fetched and their points counted.
+ * One row more than `limit` is read: whether it exists says if there is a next page. The last
+ * columns, `_k0`…, are the row's sort keys.
+ */
+export function deviceListStatement(r: DeviceListRequest): Statement {
+  const values: unknown[] = [];
+  const where = whereClause(r, values);
+  const { keys, types } = SORTS[r.sort];
+  const dir = r.order === "desc" ? "DESC" : "ASC";
+  if (r.after) {
+    const after = r.after.map((v, i) => {
+      values.push(v);
+      const p = `$${values.length}`;
+      return types[i] === "usec"
+        ? `('epoch'::timestamptz + ${p}::bigint * interval '1 microsecond')`
+        : `${p}::${types[i]}`;
+    });
+    where.push(`(${keys.join(", ")}) ${r.order === "desc" ? "<" : ">"} (${after.join(", ")})`);
+  }
+  values.push(r.limit + 1);
+  let paging = `LIMIT $${values.length}`;
+  if (!r.after && r.offset) {
+    values.push(r.offset);
+    paging += ` OFFSET $${values.length}`;
+  }
+  const orderBy = keys.map((k) => `${k} ${dir}`).join(", ");
+  const keyColumns = keys
+    .map(
+      (k, i) => `${types[i] === "usec" ? `(extract(epoch FROM ${k}) * 1000000)::bigint::text` : k} AS _k${i}`,
+    )
+    .join(", ");
+  const text = `
   WITH page AS (
     SELECT d.gateway_id, d.device_instance
     FROM devices d
-    WHERE ${FILTERS}
+    ${where.length ? `WHERE ${where.join("\n      AND ")}` : ""}
     ORDER BY ${orderBy}
-    LIMIT $7 OFFSET $8
+    ${paging}
   )
-  SELECT d.gateway_id, d.device_instance, d.object_name, d.description, d.location, d.vendor_id,
-         d.vendor_name, d.model_name, d.address, d.online, d.last_seen, d.updated_at,
+  SELECT ${COLUMNS},
          (SELECT count(*) FROM points p
-           WHERE p.gateway_id = d.gateway_id AND p.device_instance = d.device_instance)::int AS points
+           WHERE p.gateway_id = d.gateway_id AND p.device_instance = d.device_instance)::int AS points,
+         ${keyColumns}
   FROM page JOIN devices d USING (gateway_id, device_instance)
   ORDER BY ${orderBy}`;
+  return { text, values };
+}
 
-export const DEVICE_COUNT = `SELECT count(*)::int AS total FROM devices d WHERE ${FILTERS}`;
+/** The matching devices' count (`total`), with the same filters as the page. */
+export function deviceCountStatement(f: DeviceFilters): Statement {
+  const values: unknown[] = [];
+  const where = whereClause(f, values);
+  const text = `SELECT count(*)::int AS total FROM devices d${where.length ? ` WHERE ${where.join(" AND ")}` : ""}`;
+  return { text, values };
+}
 
-/** Every (sort, order) statement, built once from the constants above. */
-export const DEVICE_LIST_SQL: Record<string, string> = {};
-for (const [key, clause] of Object.entries(SORT_SQL)) {
-  DEVICE_LIST_SQL[`${key}:asc`] = DEVICE_LIST(clause.replace("%s", "ASC"));
-  DEVICE_LIST_SQL[`${key}:desc`] = DEVICE_LIST(clause.replace("%s", "DESC"));
+// The cursor is opaque to clients: base64url of JSON {s: "sort:order", k: [keys of the last row]}.
+// It carries no filters; a cursor used with other filters simply continues from that position.
+export function encodeCursor(sort: DeviceSortKey, order: "asc" | "desc", keys: KeyValue[]): string {
+  return Buffer.from(JSON.stringify({ s: `${sort}:${order}`, k: keys })).toString("base64url");
+}
+
+/** The keys of a cursor made for this sort and order; a 400 for anything else. */
+export function decodeCursor(cursor: string, sort: DeviceSortKey, order: "asc" | "desc"): KeyValue[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8"));
+  } catch {
+    throw badRequest("`cursor` is not a cursor returned by this route");
+  }
+  const c = parsed as { s?: unknown; k?: unknown };
+  if (typeof c !== "object" || c === null || !Array.isArray(c.k))
+    throw badRequest("`cursor` is not a cursor returned by this route");
+  if (c.s !== `${sort}:${order}`)
+    throw badRequest(
+      `\`cursor\` belongs to sort ${String(c.s)}, not ${sort}:${order}; start again without it`,
+    );
+  const { types } = SORTS[sort];
+  const keys = c.k as unknown[];
+  const ok =
+    keys.length === types.length &&
+    keys.every((v, i) => {
+      const t = types[i];
+      if (t === "bool") return typeof v === "boolean";
+      if (t === "int") return Number.isSafeInteger(v);
+      if (t === "usec") return typeof v === "string" && /^-?[0-9]{1,16}$/.test(v);
+      return typeof v === "string" && v.length <= 1024;
+    });
+  if (!ok) throw badRequest("`cursor` is not a cursor returned by this route");
+  return keys as KeyValue[];
+}
+
+/** The sort keys of a page row (the `_k…` columns), for the next cursor. */
+// biome-ignore lint/suspicious/noExplicitAny: a pg row
+function rowKeys(sort: DeviceSortKey, row: any): KeyValue[] {
+  return SORTS[sort].keys.map((_, i) => row[`_k${i}`] as KeyValue);
 }
 
 /** `%text%` for ILIKE with the client's own wildcards escaped. */
@@ -176,20 +326,35 @@ export const inventoryRoutes: FastifyPluginAsyncTypebox = async (app) => {
       const q = request.query;
       const sort = q.sort ?? "name";
       const order = q.order ?? "asc";
-      const filters = [
-        q.gateway ?? null,
-        q.status === undefined ? null : q.status === "online",
-        contains(q.vendor),
-        contains(q.name),
-        contains(q.q),
-        q.q ?? null,
-      ];
-      const sql = DEVICE_LIST_SQL[`${sort}:${order}`] as string;
-      const [page, count] = await Promise.all([
-        app.db.query(sql, [...filters, q.limit, q.offset]),
-        app.db.query<{ total: number }>(DEVICE_COUNT, filters),
+      if (q.cursor !== undefined && q.offset)
+        throw badRequest("`cursor` and `offset` cannot be combined; use `cursor` alone");
+      const filters: DeviceFilters = {
+        gateway: q.gateway,
+        online: q.status === undefined ? undefined : q.status === "online",
+        vendor: q.vendor,
+        name: q.name,
+        q: q.q,
+      };
+      const after = q.cursor === undefined ? undefined : decodeCursor(q.cursor, sort, order);
+      // Counting reads every matching device: done for a first page (and legacy offset paging),
+      // where a client learns the total once, not for every following page unless asked.
+      const count = q.count ?? after === undefined;
+      const list = deviceListStatement({ ...filters, sort, order, limit: q.limit, after, offset: q.offset });
+      const [page, total] = await Promise.all([
+        app.db.query(list),
+        count ? app.db.query<{ total: number }>(deviceCountStatement(filters)) : undefined,
       ]);
-      return { total: count.rows[0]?.total ?? 0, limit: q.limit, offset: q.offset, items: page.rows };
+      const items = page.rows;
+      const more = items.length > q.limit;
+      if (more) items.pop();
+      const last = items[items.length - 1];
+      return {
+        total: total ? (total.rows[0]?.total ?? 0) : null,
+        limit: q.limit,
+        offset: after === undefined ? q.offset : null,
+        next_cursor: more && last ? encodeCursor(sort, order, rowKeys(sort, last)) : null,
+        items,
+      };
     },
   );
 

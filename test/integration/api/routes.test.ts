@@ -103,6 +103,103 @@ function suite(dialect: Dialect) {
         expect((await get("/api/devices?offset=10")).json()).toMatchObject({ total: 3, items: [] });
       });
 
+      it("pages by cursor through every sort in both orders, ties and unnamed devices included", async () => {
+        // Extra devices for this test only: no name/vendor/last_seen, a name equal but for case, and
+        // last_seen values a microsecond apart (a cursor that lost precision would skip or repeat).
+        await pool.query(
+          `INSERT INTO devices (gateway_id, device_instance, object_name, vendor_name, last_seen) VALUES
+             ('gw2', 2002, NULL, NULL, NULL),
+             ('gw2', 2003, 'ahu-1', 'acme controls', '2026-11-20 00:00:00.123457+00'),
+             ('gw1', 1003, 'Zeta', 'ACME CONTROLS', '2026-11-20 00:00:00.123456+00')`,
+        );
+        try {
+          const { rows } = await pool.query<{
+            gateway_id: string;
+            device_instance: number;
+            object_name: string | null;
+            vendor_name: string | null;
+            us: string | null;
+          }>(
+            `SELECT gateway_id, device_instance, object_name, vendor_name,
+                    (extract(epoch FROM last_seen) * 1000000)::bigint::text AS us FROM devices`,
+          );
+          expect(rows).toHaveLength(6);
+          // The documented order, computed here: nulls last ascending, text case-insensitive in
+          // byte order (these names are ASCII), ties broken by gateway then instance.
+          type Row = (typeof rows)[number];
+          const cmp = (a: string | number | bigint, b: string | number | bigint) =>
+            a < b ? -1 : a > b ? 1 : 0;
+          const nullable = <T extends string | bigint>(a: T | null, b: T | null) =>
+            a === null || b === null ? cmp(a === null ? 1 : 0, b === null ? 1 : 0) : cmp(a, b);
+          const pk = (a: Row, b: Row) =>
+            cmp(a.gateway_id, b.gateway_id) || cmp(a.device_instance, b.device_instance);
+          const lower = (s: string | null) => (s === null ? null : s.toLowerCase());
+          const orders: Record<string, (a: Row, b: Row) => number> = {
+            name: (a, b) => nullable(lower(a.object_name), lower(b.object_name)) || pk(a, b),
+            vendor: (a, b) => nullable(lower(a.vendor_name), lower(b.vendor_name)) || pk(a, b),
+            last_seen: (a, b) =>
+              nullable(a.us === null ? null : BigInt(a.us), b.us === null ? null : BigInt(b.us)) || pk(a, b),
+            instance: (a, b) => cmp(a.device_instance, b.device_instance) || cmp(a.gateway_id, b.gateway_id),
+            gateway: pk,
+          };
+          for (const [sort, compare] of Object.entries(orders)) {
+            for (const order of ["asc", "desc"]) {
+              const expected = [...rows].sort(compare).map((r) => `${r.gateway_id}/${r.device_instance}`);
+              if (order === "desc") expected.reverse();
+              const seen: string[] = [];
+              let cursor: string | null = null;
+              let first = true;
+              // Bounded: one request per device and one more.
+              for (let i = 0; i <= rows.length && (first || cursor !== null); i++) {
+                const res = await get(
+                  `/api/devices?sort=${sort}&order=${order}&limit=2${cursor ? `&cursor=${cursor}` : ""}`,
+                );
+                expect(res.statusCode, res.body).toBe(200);
+                const page = res.json();
+                expect(page.total).toBe(first ? 6 : null);
+                expect(page.offset).toBe(first ? 0 : null);
+                for (const d of page.items) seen.push(`${d.gateway_id}/${d.device_instance}`);
+                cursor = page.next_cursor;
+                first = false;
+              }
+              expect(cursor, `${sort} ${order}: paging did not end`).toBeNull();
+              expect(seen, `${sort} ${order}`).toEqual(expected);
+              // Legacy offset paging gives the same order.
+              const byOffset = (
+                await get(`/api/devices?sort=${sort}&order=${order}&limit=4&offset=2`)
+              ).json();
+              expect(byOffset.items.map((d: Row) => `${d.gateway_id}/${d.device_instance}`)).toEqual(
+                expected.slice(2, 6),
+              );
+            }
+          }
+
+          const first = (await get("/api/devices?limit=2")).json();
+          expect(first.next_cursor).toEqual(expect.any(String));
+          const counted = (await get(`/api/devices?limit=2&count=true&cursor=${first.next_cursor}`)).json();
+          expect(counted.total).toBe(6);
+          expect((await get("/api/devices?limit=2&count=false")).json().total).toBeNull();
+          expect((await get("/api/devices?limit=2&status=online&count=true")).json().total).toBe(2);
+          // A cursor belongs to its sort and order; garbage and cursor+offset are refused.
+          for (const url of [
+            `/api/devices?limit=2&order=desc&cursor=${first.next_cursor}`,
+            `/api/devices?limit=2&sort=instance&cursor=${first.next_cursor}`,
+            "/api/devices?cursor=bm90LWpzb24",
+            `/api/devices?cursor=${Buffer.from(JSON.stringify({ s: "name:asc", k: [1, 2] })).toString("base64url")}`,
+            `/api/devices?cursor=${first.next_cursor}&offset=2`,
+            "/api/devices?cursor=not%20base64url!",
+          ]) {
+            const res = await get(url);
+            expect(res.statusCode, url).toBe(400);
+            expect(res.json().error.code, url).toMatch(/^API_ERR_(BAD_REQUEST|VALIDATION)$/);
+          }
+        } finally {
+          await pool.query(
+            "DELETE FROM devices WHERE (gateway_id, device_instance) IN (('gw2', 2002), ('gw2', 2003), ('gw1', 1003))",
+          );
+        }
+      });
+
       it("treats search text as data: wildcards are literal and injection does nothing", async () => {
         expect(
           (await get("/api/devices?q=100%25"))
