@@ -170,7 +170,6 @@ async function inventoryView(view, params) {
   const query = {
     q: params.get("q") || "",
     status: params.get("status") || "",
-    offset: Number(params.get("offset") || 0),
   };
   const limit = 50;
   const gwBox = h("div", { class: "gateways" });
@@ -230,22 +229,29 @@ async function inventoryView(view, params) {
     ),
   );
 
-  const go = (changes) => {
-    const p = new URLSearchParams({ q: search.value, status: status.value, offset: "0", ...changes });
-    for (const [k, v] of [...p]) if (!v || v === "0") p.delete(k);
+  // Paging by the api's cursor: `cursors[i]` opens page i (null: the first page, which also brings
+  // the total). Kept in memory; the address holds only the search, so a reload starts at page 1.
+  let cursors = [null];
+  let pageIndex = 0;
+  let total = 0;
+  const go = () => {
+    const p = new URLSearchParams({ q: search.value, status: status.value });
+    for (const [k, v] of [...p]) if (!v) p.delete(k);
     const target = `#/${p.toString() ? `?${p}` : ""}`;
     if (location.hash !== target) history.replaceState(null, "", target);
-    void loadDevices(Number(p.get("offset") || 0));
+    cursors = [null];
+    void loadDevices(0);
   };
   let debounce;
   search.addEventListener("input", () => {
     clearTimeout(debounce);
-    debounce = setTimeout(() => go({}), 200);
+    debounce = setTimeout(() => go(), 200);
   });
-  status.addEventListener("change", () => go({}));
+  status.addEventListener("change", () => go());
 
-  async function loadDevices(offset) {
-    const p = new URLSearchParams({ limit: String(limit), offset: String(offset) });
+  async function loadDevices(index) {
+    const p = new URLSearchParams({ limit: String(limit) });
+    if (cursors[index]) p.set("cursor", cursors[index]);
     if (search.value) p.set("q", search.value);
     if (status.value) p.set("status", status.value);
     let page;
@@ -255,6 +261,10 @@ async function inventoryView(view, params) {
       tbody.replaceChildren(h("tr", {}, h("td", { colspan: 9, class: "empty-state" }, err.message)));
       return;
     }
+    pageIndex = index;
+    if (page.total !== null) total = page.total;
+    cursors.length = index + 1;
+    if (page.next_cursor) cursors.push(page.next_cursor);
     tbody.replaceChildren(
       ...page.items.map((d) => {
         const href = `#/device/${encodeURIComponent(d.gateway_id)}/${d.device_instance}`;
@@ -292,19 +302,16 @@ async function inventoryView(view, params) {
           ),
         ),
       );
-    const from = page.total ? offset + 1 : 0;
+    const offset = index * limit;
+    const from = page.items.length ? offset + 1 : 0;
     pager.replaceChildren(
-      h("span", {}, `${from}–${offset + page.items.length} of ${page.total}`),
       h(
-        "button",
-        { disabled: offset === 0, onclick: () => go({ offset: String(Math.max(0, offset - limit)) }) },
-        "‹ Previous",
+        "span",
+        {},
+        `${from}–${offset + page.items.length} of ${Math.max(total, offset + page.items.length)}`,
       ),
-      h(
-        "button",
-        { disabled: offset + limit >= page.total, onclick: () => go({ offset: String(offset + limit) }) },
-        "Next ›",
-      ),
+      h("button", { disabled: index === 0, onclick: () => void loadDevices(index - 1) }, "‹ Previous"),
+      h("button", { disabled: !page.next_cursor, onclick: () => void loadDevices(index + 1) }, "Next ›"),
     );
   }
 
@@ -321,7 +328,7 @@ async function inventoryView(view, params) {
     else gwBox.replaceChildren(...gws.map(gatewayCard));
   }
 
-  await Promise.all([loadGateways(), loadDevices(query.offset)]);
+  await Promise.all([loadGateways(), loadDevices(0)]);
   return onLive((event, msg) => {
     if (event === "gateway") void loadGateways();
     if (event === "availability") {
@@ -329,7 +336,7 @@ async function inventoryView(view, params) {
       if (row) row.children[7].replaceChildren(statusBadge(msg.data.state === "online"));
     }
     if (event === "discovery" && msg.data.type === "scan_finished") {
-      void loadDevices(query.offset);
+      void loadDevices(pageIndex);
     }
   });
 }
