@@ -1,7 +1,10 @@
 // Benchmark of the api's read paths at 10,000 devices and one year of hourly data: the inventory
-// route (`GET /api/devices`, first page sorted by name, random pages) and the hourly-stats route
-// (`GET /api/points/:id/stats?period=hourly`, last 7 days of a random point), over real HTTP on
-// loopback with a viewer key, against the very same SQL statements run bare on the same pool.
+// route (`GET /api/devices` sorted by name, a random one of its 200 pages of 50: the first page
+// without a cursor and with the total count, the others by the `cursor` of the page before, as
+// docs/api.md says to page) and the hourly-stats route (`GET /api/points/:id/stats?period=hourly`,
+// last 7 days of a random point), over real HTTP on loopback with a viewer key, against the very
+// same SQL statements (built by the route's own functions, same parameters) run bare on the same
+// pool. Legacy `offset` paging is measured too and reported in the notes.
 // Storage: plain PostgreSQL (portable dialect), a fresh database created and dropped here.
 // Data, set-based with generate_series: 10 gateways, 10,000 devices, 100,000 points (10 per
 // device); one year of hourly rollups (8,760 buckets) for a subset of 100 points (876,000 rows) —
@@ -16,7 +19,12 @@ import { buildApp } from "../api/app.ts";
 import { createKey } from "../api/keys.ts";
 import { CommandRelay } from "../api/relay.ts";
 import { STATS_SQL } from "../api/routes/history.ts";
-import { DEVICE_COUNT, DEVICE_LIST_SQL } from "../api/routes/inventory.ts";
+import {
+  decodeCursor,
+  deviceCountStatement,
+  deviceListStatement,
+  type KeyValue,
+} from "../api/routes/inventory.ts";
 import { createLogger } from "../common/logger.ts";
 import { migrate } from "../ingest/migrate.ts";
 import { createPostgresDatabase } from "../test/support/db-postgres.ts";
@@ -25,7 +33,7 @@ const DEVICES = 10_000;
 const POINTS_PER_DEVICE = 10;
 const HOURLY_POINTS = 100;
 const HOURS = 365 * 24;
-const ROUNDS = 3;
+const ROUNDS = 5;
 const REQUESTS = 200;
 const WARMUP = 20;
 
@@ -81,20 +89,23 @@ async function main(): Promise<void> {
       [HOURLY_POINTS],
     );
     const ids = subset.map((r) => Number(r.point_id));
-    // One year of hourly rollups ending at the current hour, written as the ingest would keep them.
+    // One year of hourly rollups ending at the current hour, written as the ingest writes them: hour
+    // after hour, so one point's week lies on ~170 heap pages, not on a few (as a per-point bulk
+    // load would lay it out, flattering the stats query).
     await pool.query(
       `INSERT INTO readings_hourly_state (point_id, bucket, sum, count, min, max, first, first_time, last, last_time)
        SELECT p, b, 360 * v, 360, v - 2, v + 2, v - 1, b, v + 1, b + interval '59 minutes'
        FROM unnest($1::bigint[]) p,
             generate_series(date_trunc('hour', now()) - ($2 - 1) * interval '1 hour', date_trunc('hour', now()), interval '1 hour') b,
-            LATERAL (SELECT 20 + 5 * sin(extract(epoch FROM b) / 43200.0) + (p % 5) AS v) x`,
+            LATERAL (SELECT 20 + 5 * sin(extract(epoch FROM b) / 43200.0) + (p % 5) AS v) x
+       ORDER BY b, p`,
       [ids, HOURS],
     );
     await pool.query(
       `INSERT INTO readings_daily_state (point_id, bucket, sum, count, min, max, first, first_time, last, last_time)
        SELECT point_id, date_trunc('day', bucket AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', sum(sum), sum(count), min(min), max(max),
               min(first), min(first_time), max(last), max(last_time)
-       FROM readings_hourly_state GROUP BY 1, 2`,
+       FROM readings_hourly_state GROUP BY 1, 2 ORDER BY 2, 1`,
     );
     await pool.query("VACUUM ANALYZE");
     const counts = (
@@ -128,14 +139,45 @@ async function main(): Promise<void> {
     };
     const to = new Date();
     const from = new Date(to.getTime() - 7 * 86400e3);
-    const listSql = DEVICE_LIST_SQL["name:asc"] as string;
-    const inventoryOurs = () => get(`/api/devices?sort=name&limit=50&offset=${rnd(pages) * 50}`);
-    const noFilters = [null, null, null, null, null, null];
+    // The cursors of every page, walked once through the route itself (and checked: every device
+    // exactly once, in order, no page short before the last).
+    const cursors: (string | null)[] = [null];
+    const walked = new Set<string>();
+    for (let i = 0; i < pages + 1; i++) {
+      const cursor = cursors[cursors.length - 1];
+      const page = (await (
+        await fetch(`${base}/api/devices?sort=name&limit=50${cursor ? `&cursor=${cursor}` : ""}`, { headers })
+      ).json()) as { next_cursor: string | null; items: { gateway_id: string; device_instance: number }[] };
+      for (const d of page.items) walked.add(`${d.gateway_id}/${d.device_instance}`);
+      if (page.next_cursor === null) break;
+      if (page.items.length !== 50) throw new Error(`page ${cursors.length} has ${page.items.length} rows`);
+      cursors.push(page.next_cursor);
+    }
+    if (cursors.length !== pages || walked.size !== DEVICES)
+      throw new Error(`cursor walk: ${cursors.length} pages, ${walked.size} devices`);
+    const afters = cursors.map((c) => (c === null ? undefined : decodeCursor(c, "name", "asc")));
+    const inventoryOurs = () => {
+      const i = rnd(pages);
+      return get(`/api/devices?sort=name&limit=50${i === 0 ? "" : `&cursor=${cursors[i]}`}`);
+    };
+    const bareList = (after: KeyValue[] | undefined, offset?: number) =>
+      deviceListStatement({ sort: "name", order: "asc", limit: 50, after, offset });
+    const bareCount = deviceCountStatement({});
+    // What the route runs: the page, and on a first page the count at the same time.
     const inventoryBare = async () => {
+      const after = afters[rnd(pages)];
       await Promise.all([
-        pool.query(listSql, [...noFilters, 50, rnd(pages) * 50]),
-        pool.query(DEVICE_COUNT, noFilters),
+        pool.query(bareList(after)),
+        after === undefined ? pool.query(bareCount) : undefined,
       ]);
+    };
+    const firstOurs = () => get("/api/devices?sort=name&limit=50");
+    const firstBare = async () => {
+      await Promise.all([pool.query(bareList(undefined)), pool.query(bareCount)]);
+    };
+    const offsetOurs = () => get(`/api/devices?sort=name&limit=50&offset=${rnd(pages) * 50}`);
+    const offsetBare = async () => {
+      await Promise.all([pool.query(bareList(undefined, rnd(pages) * 50)), pool.query(bareCount)]);
     };
     const statsOurs = () =>
       get(
@@ -164,24 +206,37 @@ async function main(): Promise<void> {
       r.p50.push(quantile(samples, 0.5));
       r.p99.push(quantile(samples, 0.99));
     };
-    for (const fn of [inventoryOurs, inventoryBare, statsOurs, statsBare]) await time(fn, WARMUP);
+    const loads: number[] = [];
+    const fns = {
+      inventoryOurs,
+      inventoryBare,
+      firstOurs,
+      firstBare,
+      offsetOurs,
+      offsetBare,
+      statsOurs,
+      statsBare,
+    };
+    for (const fn of Object.values(fns)) await time(fn, WARMUP);
     for (let round = 0; round < ROUNDS; round++) {
       record("inventory", await time(inventoryOurs, REQUESTS));
       record("inventory_bare", await time(inventoryBare, REQUESTS));
       record("stats", await time(statsOurs, REQUESTS));
       record("stats_bare", await time(statsBare, REQUESTS));
-      log(`round ${round + 1}/${ROUNDS} done`);
+      record("first", await time(firstOurs, REQUESTS / 2));
+      record("first_bare", await time(firstBare, REQUESTS / 2));
+      record("offset", await time(offsetOurs, REQUESTS / 2));
+      record("offset_bare", await time(offsetBare, REQUESTS / 2));
+      loads.push(os.loadavg()[0] as number);
+      log(`round ${round + 1}/${ROUNDS} done, load average ${loads[loads.length - 1]?.toFixed(2)}`);
     }
-    // The same inventory measurement with the index proposed for the schema (not in the migrations
-    // yet): it lets the page come from an index walk instead of sorting every device.
-    await pool.query(
-      `CREATE INDEX devices_name_sort_idx ON devices ((lower(object_name) COLLATE "C"), gateway_id, device_instance)`,
-    );
-    await pool.query("ANALYZE devices");
-    await time(inventoryOurs, WARMUP);
-    const withIndex = await time(inventoryOurs, REQUESTS);
-    const withIndexBare = await time(inventoryBare, REQUESTS);
-    const indexNote = `with the proposed index on devices((lower(object_name) COLLATE "C"), gateway_id, device_instance): p50 ${r2(quantile(withIndex, 0.5))} ms, p99 ${r2(quantile(withIndex, 0.99))} ms (bare p50 ${r2(quantile(withIndexBare, 0.5))}, p99 ${r2(quantile(withIndexBare, 0.99))})`;
+    const summary = (name: string) => {
+      const r = results[name] as { p50: number[]; p99: number[] };
+      const b = results[`${name}_bare`] as { p50: number[]; p99: number[] };
+      return `p50 ${r2(median(r.p50))} ms, p99 ${r2(median(r.p99))} ms (bare p50 ${r2(median(b.p50))}, p99 ${r2(median(b.p99))})`;
+    };
+    const firstNote = `first page alone (with the total count): ${summary("first")}`;
+    const offsetNote = `legacy offset paging, random offset: ${summary("offset")}`;
     await app.close();
 
     const row = (name: string, label: string, q: "p50" | "p99", target: number | null, notes: string) => {
@@ -206,9 +261,9 @@ async function main(): Promise<void> {
       };
       process.stdout.write(`BENCH_ROW ${JSON.stringify(out)}\n`);
     };
-    const invNotes = `GET /api/devices?sort=name&limit=50&offset=random over HTTP with a viewer key; ${ROUNDS}×${REQUESTS} requests; page and total count as two statements in parallel; portable dialect, schema as migrated; ${indexNote}`;
-    const load = `load average ${os.loadavg()[0]?.toFixed(1)} on ${os.cpus().length} cores during the run`;
-    const statsNotes = `GET /api/points/:id/stats?period=hourly, 7 days (168 rows) of a random point; 1 year of hourly rollups for ${HOURLY_POINTS} of ${DEVICES * POINTS_PER_DEVICE} points (${counts.hourly} rows); ${ROUNDS}×${REQUESTS} requests; portable dialect`;
+    const invNotes = `GET /api/devices?sort=name&limit=50, a random page of ${pages}: the first without a cursor (page and total count as two statements in parallel), the others by cursor (keyset: one index walk, no count); over HTTP with a viewer key; ${ROUNDS}×${REQUESTS} requests; portable dialect, schema as migrated; ${firstNote}; ${offsetNote}`;
+    const load = `load average ${Math.min(...loads).toFixed(1)}–${Math.max(...loads).toFixed(1)} (1 min, after each round) on ${os.cpus().length} cores; other work on the machine shares them`;
+    const statsNotes = `GET /api/points/:id/stats?period=hourly, 7 days (168 rows) of a random point; 1 year of hourly rollups for ${HOURLY_POINTS} of ${DEVICES * POINTS_PER_DEVICE} points (${counts.hourly} rows, written in time order as the ingest writes them); ${ROUNDS}×${REQUESTS} requests; portable dialect`;
     row("inventory", "inventory", "p50", null, invNotes);
     row("inventory", "inventory", "p99", 20, invNotes);
     row("stats", "hourly-stats", "p50", null, statsNotes);
