@@ -73,11 +73,13 @@ interface Proc {
   stderr: () => string;
 }
 
-function runGateway(base: string, sim: Simulator): Proc {
+function runGateway(base: string, sim: Simulator, duplicateCheckMs?: number): Proc {
   const tmp = tempDir("bacmqtt-dup-");
   cleanups.push(() => tmp.remove());
   const file = path.join(tmp.dir, "gateway.yaml");
-  writeFileSync(file, stringify(settings(base, sim, path.join(tmp.dir, "data"))));
+  const config = settings(base, sim, path.join(tmp.dir, "data"));
+  if (duplicateCheckMs !== undefined) config.mqtt.duplicate_check_ms = duplicateCheckMs;
+  writeFileSync(file, stringify(config));
   const child = spawn(process.execPath, [bin, "gateway", "--config", file], {
     env: { ...process.env, BACMQTT_LOG_LEVEL: "warn" },
     stdio: ["ignore", "ignore", "pipe"],
@@ -224,5 +226,46 @@ describe("two gateways with one gateway id (real engine, simulator, processes)",
     survivor.child.kill("SIGTERM");
     expect(await within(survivor.exited, 30_000, "the survivor to stop")).toBe(0);
     expect(await retainedState(root)).toMatchObject({ state: "offline", instance: survivorInstance });
+  });
+
+  it("a process that skipped the check announces itself, loses to the earlier instance and exits 1", {
+    timeout: 90_000,
+  }, async () => {
+    const base = uniqueBase("dup-late");
+    const root = `${base}/site`;
+    const rec = await Recorder.connect(broker.url, `${base}/#`);
+    cleanups.push(() => rec.close());
+    const tmp = tempDir("bacmqtt-dup-first-");
+    cleanups.push(() => tmp.remove());
+    const first = await startGateway(settings(base, simA, tmp.dir));
+    cleanups.push(() => first.stop());
+    await rec.waitFor(() => SITE_A.every((d) => readingDevices(rec).includes(d)), "first polling", 30_000);
+    // duplicate_check_ms 0: the retained online state is not asked, so the second announces itself.
+    const t0 = Date.now();
+    const second = runGateway(base, simB, 0);
+    const code = await within(second.exited, 60_000, "the later instance to exit");
+    console.log(`later instance (no start-up check) exited with ${code} after ${Date.now() - t0} ms`);
+    expect(code).toBe(1);
+    expect(second.stderr()).toContain("GW_ERR_DUPLICATE_GATEWAY");
+    await rec.waitFor(
+      () => ["won", "lost"].every((o) => duplicateEvents(rec, root).some((e) => e.data.outcome === o)),
+      "both sides' duplicate_gateway events",
+    );
+    const lost = duplicateEvents(rec, root).find((e) => e.data.outcome === "lost")!;
+    expect(lost.data.other_instance).toBe(first.instance);
+    const states = rec.json(`${root}/bridge/state`) as BridgeStatePayload[];
+    const other = states.find((x) => x.instance !== first.instance);
+    console.log(
+      `bridge/state sequence: ${states.map((x) => `${x.state}@${x.instance === first.instance ? "first" : "second"}`).join(" ")}; ` +
+        `site B topics seen: ${rec.messages.filter((m) => m.topic.startsWith(`${root}/4501/`)).length}`,
+    );
+    expect(other?.state).toBe("online");
+    // The loser's graceful exit published no offline over the survivor, which re-asserted itself.
+    expect(states.filter((x) => x.instance !== first.instance && x.state === "offline")).toEqual([]);
+    expect(states.at(-1)).toMatchObject({ state: "online", instance: first.instance });
+    expect(await retainedState(root)).toMatchObject({ state: "online", instance: first.instance });
+    const mark = rec.messages.length;
+    await rec.waitFor(() => readingDevices(rec, mark).length >= 4, "the first still polling", 20_000);
+    expect(readingDevices(rec, mark).filter((d) => !SITE_A.includes(d))).toEqual([]);
   });
 });
