@@ -871,15 +871,23 @@ export class Engine extends EventEmitter implements BacnetEngine {
       this.addDevice(catalogue);
     const k = this.known.get(catalogue.deviceInstance) as Known;
     if (!catalogue.supportsRpm) k.rpm = false;
+    // Managed again (new catalogue or options) at the same address: what is known of its
+    // availability stays, so a refresh does not announce it again.
+    const carry =
+      existing !== undefined &&
+      existing.dest.ip === k.dest.ip &&
+      existing.dest.port === k.dest.port &&
+      existing.cat.network === catalogue.network &&
+      existing.cat.mac === catalogue.mac;
     const m: Managed = {
       cat: catalogue,
       dest: k.dest,
       options: { ...options },
-      state: "unknown",
+      state: carry ? existing.state : "unknown",
       failures: 0,
-      lastHeard: 0,
+      lastHeard: carry ? existing.lastHeard : 0,
       pollTimers: new Map(),
-      probeDelayMs: 0,
+      probeDelayMs: carry ? existing.probeDelayMs : 0,
       covs: new Map(),
       covFallback: new Map(),
       stopped: false,
@@ -889,6 +897,10 @@ export class Engine extends EventEmitter implements BacnetEngine {
     // offline after `offlineAfterFailures` timeouts. A device with nothing to poll or subscribe is
     // probed at once so it does not stay unknown.
     this.schedule(m);
+    if (m.state === "offline") {
+      this.probe(m);
+      return;
+    }
     this.subscribeAll(m);
     this.armLiveness(m, this.selected(m).length === 0 ? 0 : this.livenessMs());
   }

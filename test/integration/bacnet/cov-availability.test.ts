@@ -228,6 +228,12 @@ describe("availability", () => {
     await waitFor("online", () => seen.availability.length > 0);
     expect(seen.availability[0]).toMatchObject({ state: "online", reason: "answered poll" });
     expect(e.stats().devices).toEqual({ total: 1, online: 1, offline: 0 });
+    // Managed again (new options): still online, not announced a second time.
+    const polls = seen.poll.length;
+    e.manage(cat, { pollIntervalS: 0.2 });
+    expect(e.availability(live)).toBe("online");
+    await waitFor("polling with the new options", () => seen.poll.length > polls + 3);
+    expect(seen.availability).toHaveLength(1);
 
     // A device that never answers after manage(): unknown, then offline — never online first.
     await e.unmanage(live);

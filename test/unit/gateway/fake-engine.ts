@@ -77,7 +77,7 @@ export class FakeEngine extends EventEmitter implements BacnetEngine {
   }
   manage(c: DeviceCatalogue, options: DeviceOptions = {}): void {
     this.managedDevices.set(c.deviceInstance, { catalogue: c, options });
-    // As the real engine does: a managed device is announced online.
+    // Announced at once; the real engine announces a device with its first answer (or failures).
     this.emit(
       "availability",
       c.deviceInstance,
