@@ -4,12 +4,16 @@ import { FormatRegistry } from "@sinclair/typebox";
 import { type TypeCheck, TypeCompiler } from "@sinclair/typebox/compiler";
 
 if (!FormatRegistry.Has("date-time")) {
-  FormatRegistry.Set(
-    "date-time",
-    (v) =>
+  // The readings of one message usually share one time: remember the last string found valid.
+  let lastValid = "";
+  FormatRegistry.Set("date-time", (v) => {
+    if (v === lastValid) return true;
+    const ok =
       /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/.test(v) &&
-      !Number.isNaN(Date.parse(v)),
-  );
+      !Number.isNaN(Date.parse(v));
+    if (ok) lastValid = v;
+    return ok;
+  });
 }
 
 const compiled = new WeakMap<TSchema, TypeCheck<TSchema>>();

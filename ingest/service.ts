@@ -20,7 +20,7 @@ import { classify } from "./messages.ts";
 import { IngestMetrics } from "./metrics.ts";
 import type { Dialect } from "./migrations/index.ts";
 import { runPortableRetention } from "./policies.ts";
-import { BatchWriter, type Envelope } from "./writer.ts";
+import { BatchWriter, type CopyMode, type Envelope } from "./writer.ts";
 
 export interface IngestOptions {
   mqttUrl: string;
@@ -46,6 +46,8 @@ export interface IngestOptions {
   /** Backoff bounds for database retries. */
   retryMinMs?: number;
   retryMaxMs?: number;
+  /** Send readings with COPY when the batch holds only new rows (default auto: not on PGlite). */
+  copy?: CopyMode;
 }
 
 interface Pending extends Envelope {
@@ -81,7 +83,7 @@ export class IngestService {
   constructor(private readonly opts: IngestOptions) {
     this.log = opts.log ?? createLogger("ingest");
     this.metrics = opts.metrics ?? new IngestMetrics();
-    this.writer = new BatchWriter(opts.pool, opts.dialect, this.log);
+    this.writer = new BatchWriter(opts.pool, opts.dialect, this.log, opts.copy);
     this.base = opts.baseTopic ?? "bacmqtt";
     this.batchSize = opts.batchSize ?? 5000;
     this.batchWaitMs = opts.batchWaitMs ?? 200;
