@@ -12,7 +12,7 @@ import type pg from "pg";
 import { createLogger, type Logger } from "../common/logger.ts";
 import { version } from "../common/version.ts";
 import { DEFAULT_BASE_TOPIC } from "../contract/index.ts";
-import { installErrorHandlers } from "./errors.ts";
+import { clientErrorHandler, frameworkErrors, installErrorHandlers } from "./errors.ts";
 import { hashKey } from "./keys.ts";
 import { authPlugin, presentedKey } from "./plugins/auth.ts";
 import { dbPlugin } from "./plugins/db.ts";
@@ -68,6 +68,8 @@ export async function buildApp(options: ApiOptions = {}): Promise<FastifyInstanc
     return503OnClosing: true,
     trustProxy: false,
     routerOptions: { maxParamLength: 200 },
+    clientErrorHandler,
+    frameworkErrors,
   });
   base.setValidatorCompiler(validatorCompiler);
   installErrorHandlers(base);

@@ -1,8 +1,10 @@
 // The api's coded errors and the one error handler: every failure leaves as
 // `{"error":{"code":"API_ERR_…","message":…}}` with a stable code; 5xx messages are hidden from
 // clients (logged instead). Owns the mapping of gateway error codes to HTTP statuses.
+import { STATUS_CODES } from "node:http";
+import type { Duplex } from "node:stream";
 import { type Static, Type } from "@sinclair/typebox";
-import type { FastifyError, FastifyInstance } from "fastify";
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { CodedError } from "../common/errors.ts";
 
 export const ApiErrorBody = Type.Object(
@@ -40,6 +42,20 @@ const UNKNOWN = new Set([
   "GW_ERR_BACNET_UNKNOWN_PROPERTY",
 ]);
 
+/**
+ * Gateway codes for a request the api's schema lets through but the gateway finds wrong on its own
+ * terms (found by test/faults/http-fuzz.test.ts, which answered them 502): an instance range with
+ * low above high, a property name it does not know, an array index or a value the point's type
+ * cannot take, a priority outside 1-16 or the configured minimum.
+ */
+const REQUEST_FAULT = new Set([
+  "GW_ERR_BACNET_RANGE",
+  "GW_ERR_BACNET_PROPERTY_NAME",
+  "GW_ERR_BACNET_INVALID_ARRAY_INDEX",
+  "GW_ERR_WRITE_VALUE",
+  "GW_ERR_WRITE_PRIORITY",
+]);
+
 export interface GatewayFailure {
   status: number;
   code: string;
@@ -53,7 +69,7 @@ export function gatewayFailure(gatewayCode: string): GatewayFailure {
   if (UNKNOWN.has(gatewayCode)) return { status: 404, code: "API_ERR_GATEWAY_NOT_FOUND", result: "refused" };
   if (gatewayCode === "GW_ERR_INVALID_REQUEST")
     return { status: 400, code: "API_ERR_GATEWAY_REJECTED", result: "refused" };
-  if (/OUT_OF_RANGE|INVALID_DATA_TYPE|INVALID_VALUE/.test(gatewayCode))
+  if (REQUEST_FAULT.has(gatewayCode) || /OUT_OF_RANGE|INVALID_DATA_TYPE|INVALID_VALUE/.test(gatewayCode))
     return { status: 422, code: "API_ERR_GATEWAY_REJECTED", result: "refused" };
   return { status: 502, code: "API_ERR_GATEWAY_ERROR", result: "error" };
 }
@@ -67,6 +83,42 @@ const FASTIFY_CODES: Record<string, { status: number; code: string }> = {
   FST_ERR_CTP_INVALID_JSON_BODY: { status: 400, code: "API_ERR_BAD_JSON" },
   FST_ERR_VALIDATION: { status: 400, code: "API_ERR_VALIDATION" },
 };
+
+/**
+ * Fastify's `clientErrorHandler`: what Node's HTTP parser refuses before any route sees it (request
+ * line and headers over 16 KiB, a broken request line, a client too slow) leaves in our error shape
+ * too, instead of fastify's `{"error":"…","statusCode":…}`.
+ */
+export function clientErrorHandler(err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (err.code === "ECONNRESET" || socket.destroyed) return;
+  const [status, code, message] =
+    err.code === "HPE_HEADER_OVERFLOW"
+      ? [431, "API_ERR_HEADERS_TOO_LARGE", "the request line and headers exceed 16 KiB"]
+      : err.code === "ERR_HTTP_REQUEST_TIMEOUT"
+        ? [408, "API_ERR_REQUEST_TIMEOUT", "the request was not received in time"]
+        : [400, "API_ERR_BAD_REQUEST", "malformed HTTP request"];
+  const body = JSON.stringify({ error: { code, message } });
+  if (socket.writable)
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+    );
+  socket.destroy(err);
+}
+
+/**
+ * Fastify's `frameworkErrors`: the router's own refusals (a path segment that is not valid
+ * percent-encoding, a parameter over `maxParamLength`) in our error shape, not fastify's.
+ */
+export function frameworkErrors(err: FastifyError, _request: FastifyRequest, reply: FastifyReply): void {
+  const [status, code, message] =
+    err.code === "FST_ERR_BAD_URL"
+      ? [400, "API_ERR_BAD_URL", "the path is not valid percent-encoded UTF-8"]
+      : err.code === "FST_ERR_MAX_PARAM_LENGTH"
+        ? [414, "API_ERR_PATH_TOO_LONG", "a path parameter exceeds 200 characters"]
+        : [500, "API_ERR_INTERNAL", "internal error"];
+  if (status >= 500) reply.log.error({ err }, "router error");
+  void reply.code(status).send({ error: { code, message } });
+}
 
 export function installErrorHandlers(app: FastifyInstance): void {
   app.setNotFoundHandler((request, reply) => {
@@ -102,7 +154,12 @@ export function installErrorHandlers(app: FastifyInstance): void {
     const mapped = err.code ? FASTIFY_CODES[err.code] : undefined;
     if (mapped) return reply.code(mapped.status).send({ error: { code: mapped.code, message: err.message } });
     if (err.statusCode === 429) {
-      return reply.code(429).send({ error: { code: "API_ERR_RATE_LIMITED", message: err.message } });
+      // @fastify/rate-limit throws what our errorResponseBuilder (app.ts) built, `{statusCode, error}`,
+      // which has no `message` of its own: the 429 schema of the command routes needs one (found
+      // by test/faults/http-fuzz.test.ts: a rate-limited discovery answered 500).
+      const built = (err as { error?: { message?: unknown } }).error?.message;
+      const message = typeof built === "string" ? built : err.message || "rate limit exceeded; retry later";
+      return reply.code(429).send({ error: { code: "API_ERR_RATE_LIMITED", message } });
     }
     if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) {
       return reply

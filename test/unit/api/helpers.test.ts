@@ -63,6 +63,19 @@ describe("gatewayFailure", () => {
     expect(gatewayFailure("GW_ERR_UNKNOWN_POINT").status).toBe(404);
     expect(gatewayFailure("GW_ERR_INVALID_REQUEST").status).toBe(400);
     expect(gatewayFailure("GW_ERR_BACNET_VALUE_OUT_OF_RANGE").status).toBe(422);
+    // Faults of a request that passed the api's schema (found by the HTTP fuzz as 502s).
+    for (const code of [
+      "GW_ERR_BACNET_RANGE",
+      "GW_ERR_BACNET_PROPERTY_NAME",
+      "GW_ERR_BACNET_INVALID_ARRAY_INDEX",
+      "GW_ERR_WRITE_VALUE",
+      "GW_ERR_WRITE_PRIORITY",
+    ])
+      expect(gatewayFailure(code), code).toEqual({
+        status: 422,
+        code: "API_ERR_GATEWAY_REJECTED",
+        result: "refused",
+      });
     expect(gatewayFailure("GW_ERR_BACNET_TIMEOUT")).toEqual({
       status: 502,
       code: "API_ERR_GATEWAY_ERROR",
