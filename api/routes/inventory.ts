@@ -198,10 +198,12 @@ export function decodeCursor(cursor: string, sort: DeviceSortKey, order: "asc" |
     keys.length === types.length &&
     keys.every((v, i) => {
       const t = types[i];
+      // Every value must be one the database accepts, so that a forged cursor is a 400, not a 500:
+      // int4 range, timestamps within ±3,000 years of 1970, text without NUL.
       if (t === "bool") return typeof v === "boolean";
-      if (t === "int") return Number.isSafeInteger(v);
-      if (t === "usec") return typeof v === "string" && /^-?[0-9]{1,16}$/.test(v);
-      return typeof v === "string" && v.length <= 1024;
+      if (t === "int") return Number.isInteger(v) && (v as number) >= -(2 ** 31) && (v as number) < 2 ** 31;
+      if (t === "usec") return typeof v === "string" && /^-?[0-9]{1,17}$/.test(v);
+      return typeof v === "string" && v.length <= 1024 && !v.includes("\u0000");
     });
   if (!ok) throw badRequest("`cursor` is not a cursor returned by this route");
   return keys as KeyValue[];

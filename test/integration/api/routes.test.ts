@@ -187,6 +187,15 @@ function suite(dialect: Dialect) {
             "/api/devices?cursor=bm90LWpzb24",
             `/api/devices?cursor=${Buffer.from(JSON.stringify({ s: "name:asc", k: [1, 2] })).toString("base64url")}`,
             `/api/devices?cursor=${first.next_cursor}&offset=2`,
+            // Well-formed but beyond what the database takes: still the client's mistake.
+            ...[
+              [false, "a\u0000", "gw1", 1],
+              [false, "a", "gw1", 2 ** 31],
+            ].map(
+              (k) =>
+                `/api/devices?cursor=${Buffer.from(JSON.stringify({ s: "name:asc", k })).toString("base64url")}`,
+            ),
+            `/api/devices?sort=last_seen&cursor=${Buffer.from(JSON.stringify({ s: "last_seen:asc", k: [false, "9999999999999999999", "gw1", 1] })).toString("base64url")}`,
             "/api/devices?cursor=not%20base64url!",
           ]) {
             const res = await get(url);
