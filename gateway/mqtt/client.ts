@@ -115,11 +115,6 @@ export class GatewayMqtt extends EventEmitter<GatewayMqttEvents> {
     return this.client?.connected === true && !this.stopping && this.phase === "online";
   }
 
-  /** The other instance that made this one give way (`refused`/`lost`), if any. */
-  get duplicateOf(): DuplicateInfo | undefined {
-    return this.phase === "refused" || this.phase === "lost" ? this.duplicate : undefined;
-  }
-
   /**
    * The first connection's outcome: `online` (checked and announced), `refused` (another live
    * instance holds the id: nothing was announced), or `unreachable` (the first attempt failed, or no
