@@ -45,6 +45,8 @@ export function createRegistry(src: MetricsSources): Registry {
       const s = stats();
       this.set({ state: "online" }, s.devices.online);
       this.set({ state: "offline" }, s.devices.offline);
+      // Managed but not answered yet.
+      this.set({ state: "unknown" }, s.devices.total - s.devices.online - s.devices.offline);
     },
   });
   new Gauge({
@@ -116,6 +118,14 @@ export function createRegistry(src: MetricsSources): Registry {
     registers: [registry],
     collect() {
       this.set(stats().covSubscriptions);
+    },
+  });
+  new Gauge({
+    name: "bacmqtt_gateway_cov_fallbacks",
+    help: "Points polled because their COV subscription was refused or stayed silent",
+    registers: [registry],
+    collect() {
+      this.set(stats().covFallbacks);
     },
   });
   totalCounter(

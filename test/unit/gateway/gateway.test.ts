@@ -507,6 +507,8 @@ describe("gateway (stand-in engine, real broker)", () => {
     const text = await res.text();
     expect(text).toContain('bacmqtt_gateway_devices{state="online"} 1');
     expect(text).toContain('bacmqtt_gateway_devices{state="offline"} 1');
+    expect(text).toContain('bacmqtt_gateway_devices{state="unknown"} 0');
+    expect(text).toContain("bacmqtt_gateway_cov_fallbacks 0");
     expect(text).toContain("bacmqtt_gateway_points 6");
     expect(text).toContain("bacmqtt_gateway_reads_total 10");
     expect(text).toContain("bacmqtt_gateway_buffer_depth 0");
