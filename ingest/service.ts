@@ -85,7 +85,7 @@ export class IngestService {
     this.metrics = opts.metrics ?? new IngestMetrics();
     this.writer = new BatchWriter(opts.pool, opts.dialect, this.log, opts.copy);
     this.base = opts.baseTopic ?? "bacmqtt";
-    this.batchSize = opts.batchSize ?? 5000;
+    this.batchSize = opts.batchSize ?? 20_000;
     this.batchWaitMs = opts.batchWaitMs ?? 200;
     this.maxPending = opts.maxPendingReadings ?? Math.max(4 * this.batchSize, 20_000);
   }

@@ -141,6 +141,9 @@ class CopyConflict extends Error {
 /** readings-only batches refresh gateways.last_seen at most this often. */
 const GATEWAY_TOUCH_MS = 5_000;
 
+/** Rows per chunk of the COPY stream. */
+const COPY_CHUNK_ROWS = 2_000;
+
 /** After a COPY met stored rows, this many batches go straight to INSERT … ON CONFLICT. */
 export const COPY_COOLDOWN_BATCHES = 16;
 
@@ -764,7 +767,6 @@ export class BatchWriter {
   ): Promise<boolean> {
     const n = c.times.length;
     const seen = new Map<string, Set<number>>();
-    const chunks: string[] = [];
     for (let i = 0; i < n; i++) {
       const id = c.ids[i] as string;
       const t = c.micros[i] as number;
@@ -775,16 +777,23 @@ export class BatchWriter {
         seen.set(id, times);
       } else if (times.has(t)) return false; // the same (point, time) twice in one batch
       times.add(t);
-      const v = c.values[i];
-      const f = c.flags[i];
-      chunks.push(
-        `${copyField(c.times[i] as string)}\t${id}\t${v === null || v === undefined ? "\\N" : v}\t${copyField(
-          c.texts[i] ?? null,
-        )}\t${f === null || f === undefined ? "\\N" : f}\t${copyField(c.quality[i] ?? null)}\t${c.historical[i] ? "t" : "f"}\n`,
-      );
+    }
+    // Streamed in chunks: PostgreSQL parses one chunk while the next is being written.
+    function* text(): Generator<string> {
+      for (let start = 0; start < n; start += COPY_CHUNK_ROWS) {
+        let chunk = "";
+        for (let i = start; i < n && i < start + COPY_CHUNK_ROWS; i++) {
+          const v = c.values[i];
+          const f = c.flags[i];
+          chunk += `${copyField(c.times[i] as string)}\t${c.ids[i]}\t${v === null || v === undefined ? "\\N" : v}\t${copyField(
+            c.texts[i] ?? null,
+          )}\t${f === null || f === undefined ? "\\N" : f}\t${copyField(c.quality[i] ?? null)}\t${c.historical[i] ? "t" : "f"}\n`;
+        }
+        yield chunk;
+      }
     }
     try {
-      await pipeline(Readable.from([chunks.join("")]), client.query(copyFrom(COPY_READINGS)));
+      await pipeline(Readable.from(text(), { objectMode: false }), client.query(copyFrom(COPY_READINGS)));
     } catch (err) {
       if ((err as { code?: string }).code === "23505") throw new CopyConflict(err as Error);
       throw err;
