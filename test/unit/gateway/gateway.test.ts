@@ -415,7 +415,7 @@ describe("gateway (stand-in engine, real broker)", () => {
     expect(JSON.parse(retained.get(`${s.root}/bridge/devices`)!)).toMatchObject({ device_instances: [1001] });
   });
 
-  it("applies per-device and per-point options: friendly names, poll intervals, name patterns", async () => {
+  it("applies per-device and per-point options: friendly names, poll intervals, COV, name patterns", async () => {
     const s = await setup({
       config: {
         devices: {
@@ -423,7 +423,10 @@ describe("gateway (stand-in engine, real broker)", () => {
             name: "AHU-1",
             poll_interval_s: 30,
             exclude: ["name:AO 3"],
-            points: { analog_output_2: { name: "Fan speed", poll_interval_s: 5 } },
+            points: {
+              analog_output_1: { cov: false },
+              analog_output_2: { name: "Fan speed", poll_interval_s: 5 },
+            },
           },
         },
       },
@@ -432,6 +435,8 @@ describe("gateway (stand-in engine, real broker)", () => {
     const managed = s.engine.managedDevices.get(1001)!;
     expect(managed.options).toMatchObject({ pollIntervalS: 30, exclude: ["analog_output_3"] });
     expect(managed.catalogue.points.map((p) => p.poll_interval_s)).toEqual([undefined, 5, undefined]);
+    // The engine reads a point's own COV setting from the catalogue it is handed.
+    expect(managed.catalogue.points.map((p) => p.cov)).toEqual([false, undefined, undefined]);
     await s.rec.waitFor((m) => m.some((x) => x.topic === `${s.root}/1001/meta`), "meta");
     const meta = s.rec.json(`${s.root}/1001/meta`).at(-1) as {
       friendly_name: string;
