@@ -59,6 +59,17 @@ export class IngestMetrics {
     help: "Batch commits retried after a database failure",
     registers: [this.registry],
   });
+  readonly writePath = new Counter({
+    name: "bacmqtt_ingest_readings_written_total",
+    help: "Readings sent to the database by path: copy (new rows) or insert (replays, duplicates, PGlite)",
+    labelNames: ["path"] as const,
+    registers: [this.registry],
+  });
+  readonly copyFallbacks = new Counter({
+    name: "bacmqtt_ingest_copy_fallbacks_total",
+    help: "Batches whose COPY met rows already stored (a replay) and were written again with INSERT … ON CONFLICT",
+    registers: [this.registry],
+  });
   readonly dbUp = new Gauge({
     name: "bacmqtt_ingest_database_up",
     help: "1 when the last database operation succeeded",

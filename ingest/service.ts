@@ -305,6 +305,11 @@ export class IngestService {
         this.metrics.committed(stats.readingsInserted, now);
         this.metrics.batchSeconds.observe((performance.now() - started) / 1000);
         this.metrics.batchSize.observe(stats.readingsReceived);
+        const copied = stats.readingsCopied ?? 0;
+        if (copied) this.metrics.writePath.inc({ path: "copy" }, copied);
+        if (stats.readingsReceived > copied)
+          this.metrics.writePath.inc({ path: "insert" }, stats.readingsReceived - copied);
+        if (stats.copyFallbacks) this.metrics.copyFallbacks.inc(stats.copyFallbacks);
         if (stats.deadLetters) {
           this.metrics.deadLetters.inc(stats.deadLetters);
           this.log.warn({ count: stats.deadLetters }, "messages stored as dead letters");
