@@ -114,10 +114,12 @@ function whereClause(f: DeviceFilters, values: unknown[]): string[] {
 }
 
 /**
- * The page statement of `GET /api/devices`: the page is chosen on the key columns (an index walk
- * from the cursor for the indexed sorts), then only its rows are fetched and their points counted.
- * One row more than `limit` is read: whether it exists says if there is a next page. The last
- * columns, `_k0`…, are the row's sort keys.
+ * The page statement of `GET /api/devices`. One row more than `limit` is read: whether it exists
+ * says if there is a next page. The last columns, `_k0`…, are the row's sort keys.
+ * By cursor (or on a first page) it is one level: the planner walks the sort's index from the
+ * cursor (or, for an unindexed sort, keeps the top rows of one pass) and counts the points of the
+ * returned rows only, after the LIMIT. With an OFFSET the skipped rows would be projected too, so
+ * there the page is chosen on the key columns first and only its rows are fetched and counted.
  */
 export function deviceListStatement(r: DeviceListRequest): Statement {
   const values: unknown[] = [];
@@ -136,30 +138,40 @@ export function deviceListStatement(r: DeviceListRequest): Statement {
   }
   values.push(r.limit + 1);
   let paging = `LIMIT $${values.length}`;
-  if (!r.after && r.offset) {
-    values.push(r.offset);
+  const offset = !r.after && r.offset ? r.offset : 0;
+  if (offset) {
+    values.push(offset);
     paging += ` OFFSET $${values.length}`;
   }
+  const whereSql = where.length ? `WHERE ${where.join("\n      AND ")}` : "";
   const orderBy = keys.map((k) => `${k} ${dir}`).join(", ");
   const keyColumns = keys
     .map(
       (k, i) => `${types[i] === "usec" ? `(extract(epoch FROM ${k}) * 1000000)::bigint::text` : k} AS _k${i}`,
     )
     .join(", ");
-  const text = `
+  const select = `SELECT ${COLUMNS},
+         (SELECT count(*) FROM points p
+           WHERE p.gateway_id = d.gateway_id AND p.device_instance = d.device_instance)::int AS points,
+         ${keyColumns}`;
+  const text = offset
+    ? `
   WITH page AS (
     SELECT d.gateway_id, d.device_instance
     FROM devices d
-    ${where.length ? `WHERE ${where.join("\n      AND ")}` : ""}
+    ${whereSql}
     ORDER BY ${orderBy}
     ${paging}
   )
-  SELECT ${COLUMNS},
-         (SELECT count(*) FROM points p
-           WHERE p.gateway_id = d.gateway_id AND p.device_instance = d.device_instance)::int AS points,
-         ${keyColumns}
+  ${select}
   FROM page JOIN devices d USING (gateway_id, device_instance)
-  ORDER BY ${orderBy}`;
+  ORDER BY ${orderBy}`
+    : `
+  ${select}
+  FROM devices d
+  ${whereSql}
+  ORDER BY ${orderBy}
+  ${paging}`;
   return { text, values };
 }
 
