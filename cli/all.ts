@@ -71,6 +71,8 @@ export interface RunningAll {
   simulated: { instance: number; address: string; port: number }[];
   notes: string[];
   stop(): Promise<void>;
+  /** Settles with an error when the gateway stopped itself (another instance holds its id). */
+  gatewayStopped: Promise<Error | undefined>;
 }
 
 /** The admin key is created once and kept in the data directory, so a restart reuses it. */
@@ -224,6 +226,7 @@ export async function startAll(opts: AllOptions): Promise<RunningAll> {
       simulated,
       notes,
       stop: stopAll,
+      gatewayStopped: gateway.stopped,
     };
   } catch (err) {
     await stopAll();
@@ -317,12 +320,19 @@ simulated BACnet devices on loopback so you can try everything without a buildin
       "",
     ];
     process.stdout.write(lines.join("\n"));
-    await new Promise<void>((resolve) => {
+    const failure = await new Promise<Error | undefined>((resolve) => {
       onShutdown(async () => {
         await running.stop();
-        resolve();
+        resolve(undefined);
       }, createLogger("all"));
+      // The gateway gives way when another instance holds its gateway id: stop everything, exit 1.
+      void running.gatewayStopped.then(async (err) => {
+        if (!err) return;
+        await running.stop();
+        resolve(err);
+      });
     });
+    if (failure) throw failure;
     return 0;
   },
 });
