@@ -82,6 +82,38 @@ interface ClientContext {
   bucket?: TokenBucket;
   /** Publishes currently held back by the rate limit. */
   held?: number;
+  /** ACL decisions per topic (a client publishes to few topics many times), bounded. */
+  mayPublish?: Map<string, boolean>;
+}
+
+const PASS = { action: "pass" as const };
+
+/** Entries of a client's ACL decision cache before it is cleared. */
+const ACL_CACHE_TOPICS = 4096;
+
+/**
+ * Coalesces the writes of one event-loop turn into one system call: aedes writes every packet on
+ * its own, so a subscriber receiving thousands of small messages cost one writev each (measured: the
+ * largest item of the broker's profile at QoS 0). Corked at the first write of a turn, uncorked on
+ * the next tick: delivery is not delayed past the current turn.
+ */
+function coalesceWrites(stream: unknown): void {
+  const s = stream as { cork?: () => void; uncork?: () => void; write?: (...a: unknown[]) => boolean };
+  if (typeof s.cork !== "function" || typeof s.uncork !== "function" || typeof s.write !== "function") return;
+  const write = s.write;
+  const uncork = () => {
+    corked = false;
+    s.uncork?.();
+  };
+  let corked = false;
+  s.write = function (this: unknown, ...args: unknown[]) {
+    if (!corked) {
+      corked = true;
+      s.cork?.();
+      process.nextTick(uncork);
+    }
+    return write.apply(this, args);
+  };
 }
 
 interface PacketParser {
@@ -359,22 +391,44 @@ export class MqttBroker {
     if (!client) return done(null);
     const ctx = this.clients.get(client);
     const topic = packet.topic;
-    const fields = () => ({ ...this.clientFields(client), topic });
     if (!ctx) {
-      this.refuse("publish", "unauthenticated", fields(), "publish refused: client not authenticated");
+      this.refuse(
+        "publish",
+        "unauthenticated",
+        this.topicFields(client, topic),
+        "publish refused: client not authenticated",
+      );
       return done(new Error("not authenticated"));
     }
-    if (topicDepth(topic) > this.limits.maxTopicDepth) {
-      this.refuse("publish", "topic_depth", fields(), "publish refused: topic too deep, disconnecting");
-      return done(new Error(`topic deeper than ${this.limits.maxTopicDepth} levels`));
+    let allowed = ctx.mayPublish?.get(topic);
+    if (allowed === undefined) {
+      // The depth limit and the ACL depend on the topic alone: decided once per topic.
+      if (topicDepth(topic) > this.limits.maxTopicDepth) {
+        this.refuse(
+          "publish",
+          "topic_depth",
+          this.topicFields(client, topic),
+          "publish refused: topic too deep, disconnecting",
+        );
+        return done(new Error(`topic deeper than ${this.limits.maxTopicDepth} levels`));
+      }
+      allowed = mayPublish(ctx.rules, topic);
+      ctx.mayPublish ??= new Map();
+      if (ctx.mayPublish.size >= ACL_CACHE_TOPICS) ctx.mayPublish.clear();
+      ctx.mayPublish.set(topic, allowed);
     }
-    if (!mayPublish(ctx.rules, topic)) {
-      this.refuse("publish", "acl", fields(), "publish refused by ACL, disconnecting");
+    if (!allowed) {
+      this.refuse("publish", "acl", this.topicFields(client, topic), "publish refused by ACL, disconnecting");
       return done(new Error(`not allowed to publish to ${topic}`));
     }
-    const decision = ctx.bucket?.take() ?? { action: "pass" as const };
+    const decision = ctx.bucket ? ctx.bucket.take() : PASS;
     if (decision.action === "refuse") {
-      this.refuse("publish", "rate_limit", fields(), "publish refused: rate limit exceeded, disconnecting");
+      this.refuse(
+        "publish",
+        "rate_limit",
+        this.topicFields(client, topic),
+        "publish refused: rate limit exceeded, disconnecting",
+      );
       return done(new Error("rate limit exceeded"));
     }
     const stats = this.stats as BrokerStats;
@@ -382,6 +436,10 @@ export class MqttBroker {
     if (decision.action === "pass") return done(null);
     stats.held();
     this.hold(client, ctx, decision.ms, () => done(null));
+  }
+
+  private topicFields(client: Client, topic: string) {
+    return { ...this.clientFields(client), topic };
   }
 
   /**
@@ -504,6 +562,7 @@ export class MqttBroker {
   /** Hands a connection to aedes with the packet-size guard in front of its parser. */
   private handle(stream: Parameters<Aedes["handle"]>[0], req?: IncomingMessage): void {
     const aedes = this.aedes as Aedes;
+    coalesceWrites(stream);
     const client = aedes.handle(stream, req);
     this.deferUntilConnack(client);
     const parser = (client as unknown as { _parser?: PacketParser })._parser;

@@ -128,7 +128,12 @@ shared subscriptions; each needs its own --client-id). Prometheus metrics on /me
       value: "NAME",
       description: "Share readings and events among the ingests of this group ($share/NAME/…)",
     },
-    "batch-size": { type: "string", value: "N", default: "20000", description: "Commit when N readings wait" },
+    "batch-size": {
+      type: "string",
+      value: "N",
+      default: "20000",
+      description: "Commit when N readings wait",
+    },
     "batch-wait-ms": {
       type: "string",
       value: "MS",

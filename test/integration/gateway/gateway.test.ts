@@ -15,7 +15,6 @@ import {
   Recorder,
   retainedUnder,
   startTestBroker,
-  type TestBroker,
   tempDir,
   uniqueBase,
 } from "./helpers.ts";
