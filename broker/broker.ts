@@ -88,6 +88,16 @@ interface ClientContext {
 
 const PASS = { action: "pass" as const };
 
+/**
+ * `a//b`, `/a`, `a/`: legal MQTT, but aedes 1.2 matches them against `+` for delivery while its
+ * persistence does not queue them, so a QoS 1 subscriber with a persistent session (the ingest)
+ * was sent a message that was never queued, its PUBACK failed with "no such packet" and the broker
+ * dropped the subscriber (measured in test/faults/bad-input.test.ts). No contract topic has one.
+ */
+function hasEmptyLevel(topic: string): boolean {
+  return topic === "" || topic.startsWith("/") || topic.endsWith("/") || topic.includes("//");
+}
+
 /** Entries of a client's ACL decision cache before it is cleared. */
 const ACL_CACHE_TOPICS = 4096;
 
@@ -411,6 +421,15 @@ export class MqttBroker {
           "publish refused: topic too deep, disconnecting",
         );
         return done(new Error(`topic deeper than ${this.limits.maxTopicDepth} levels`));
+      }
+      if (hasEmptyLevel(topic)) {
+        this.refuse(
+          "publish",
+          "empty_level",
+          this.topicFields(client, topic),
+          "publish refused: empty topic level, disconnecting",
+        );
+        return done(new Error("topic with an empty level"));
       }
       allowed = mayPublish(ctx.rules, topic);
       ctx.mayPublish ??= new Map();

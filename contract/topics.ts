@@ -196,7 +196,9 @@ export function parseTopic(
       return { kind: "bridge", base, gateway, name: kind as BridgeTopic };
     return { error: `unknown bridge topic "${tail.join("/")}"` };
   }
-  if (!/^\d{1,7}$/.test(first)) return { error: `"${first}" is neither "bridge" nor a device instance` };
+  // Canonical decimal only: "007" would be a second topic for device 7.
+  if (!/^(0|[1-9]\d{0,6})$/.test(first))
+    return { error: `"${first}" is neither "bridge" nor a device instance (decimal, no leading zeros)` };
   const device = Number(first);
   if (device > 4_194_303) return { error: `device instance ${device} is out of range` };
   const [name, ...extra] = tail;

@@ -2,6 +2,7 @@
 // malformed JSON, wrong types, 1 MB payloads, deep nesting, random bytes, unknown endpoints.
 // Every request to a known endpoint gets an error response; every bad message the ingest takes
 // becomes a dead letter; afterwards both still serve and no polled reading is lost.
+import net from "node:net";
 import { afterAll, expect, it } from "vitest";
 import { ENDPOINTS, Topics } from "../../contract/index.ts";
 import { Recorder } from "../integration/gateway/helpers.ts";
@@ -58,6 +59,55 @@ const BAD_WITH_ARGS: Record<string, string[]> = {
 };
 const RANDOM_REQUESTS = 1000;
 const RANDOM_INGEST = 500;
+
+/** MQTT 3.1.1 packets by hand (a client library refuses to send a wildcard topic name). */
+function packet(type: number, body: Buffer): Buffer {
+  const len: number[] = [];
+  let n = body.length;
+  do {
+    let byte = n % 128;
+    n = Math.floor(n / 128);
+    if (n > 0) byte |= 128;
+    len.push(byte);
+  } while (n > 0);
+  return Buffer.concat([Buffer.from([type, ...len]), body]);
+}
+const str = (s: string) => {
+  const b = Buffer.from(s, "utf8");
+  return Buffer.concat([Buffer.from([b.length >> 8, b.length & 255]), b]);
+};
+const connectPacket = (clientId: string) =>
+  packet(0x10, Buffer.concat([str("MQTT"), Buffer.from([4, 0x02, 0, 60]), str(clientId)]));
+const publishPacket = (topic: string, payload: string) =>
+  packet(0x30, Buffer.concat([str(topic), Buffer.from(payload)]));
+
+/**
+ * Connects over raw TCP, publishes one QoS 0 message to `topic` and reports whether the broker
+ * closed the connection (within 5 s) — what it must do with a wildcard in a topic name.
+ */
+function rawPublish(url: string, topic: string, payload: string): Promise<"closed" | "open"> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve) => {
+    const socket = net.connect(Number(port), hostname);
+    let connacked = false;
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve("open");
+    }, 5000);
+    socket.on("data", (d) => {
+      if (!connacked && d[0] === 0x20) {
+        connacked = true;
+        socket.write(publishPacket(topic, payload));
+      }
+    });
+    socket.on("error", () => undefined);
+    socket.on("close", () => {
+      clearTimeout(timer);
+      resolve(connacked ? "closed" : "open");
+    });
+    socket.write(connectPacket(`faults-wild-${Math.random().toString(36).slice(2, 10)}`));
+  });
+}
 
 let p: Pipeline | undefined;
 const closers: (() => Promise<unknown>)[] = [];
@@ -168,8 +218,67 @@ it("answers bad requests with errors, dead-letters bad ingest input, and keeps s
     "SELECT count(*) AS n FROM readings r JOIN points p USING (point_id) WHERE p.gateway_id = 'faults-evil'",
   );
 
+  // 3. Wildcard abuse: wildcards in topic names (a protocol error: the broker drops the client)
+  // aimed at the gateway's request topics and the ingest's topics, and legal but odd device levels
+  // at the ingest (dead letters). The gateway must answer none of them and keep serving.
+  const base = gw.config.mqtt.base_topic;
+  const wildTopics = [
+    gw.topics.full("bridge/request/+"),
+    gw.topics.full("bridge/request/#"),
+    `${base}/+/bridge/request/health_check`,
+    `${base}/#`,
+    gw.topics.full("+/readings"),
+    `${base}/faults-evil/#`,
+    // not a wildcard, but refused the same way (an empty level; see broker.ts hasEmptyLevel)
+    `${base}/faults-evil//readings`,
+  ];
+  const before = rec.messages.length;
+  const wild: string[] = [];
+  for (const topic of wildTopics)
+    wild.push(await rawPublish(pipe.broker.url, topic, '{"transaction":"wild"}'));
+  const oddDevices = ["007", "-1", "1e3", "4194304", " 7", "seven", "7.5"];
+  for (const d of oddDevices)
+    await pub.publishAsync(
+      `${base}/faults-evil/${d}/readings`,
+      // a valid payload: only the topic is wrong
+      '{"device":7,"source":"poll","readings":[{"point":"analog_value_1","value":1,"ts":"2026-01-01T00:00:00Z"}]}',
+      {
+        qos: 1,
+      },
+    );
+  await eventually(
+    async () => (await dead()) >= badIngest.length + oddDevices.length,
+    "every odd device topic dead-lettered",
+    1200,
+  );
+  const oddDead = await count(pipe.pool, "SELECT count(*) AS n FROM dead_letters WHERE topic = ANY($1)", [
+    oddDevices.map((d) => `${base}/faults-evil/${d}/readings`),
+  ]);
+  // Nothing published to a wildcard topic name may have reached the ingest either.
+  const wildDead = await count(pipe.pool, "SELECT count(*) AS n FROM dead_letters WHERE topic ~ '[+#]'");
+  const wildRows = (
+    await pipe.pool.query<{ topic: string }>("SELECT topic FROM dead_letters WHERE topic ~ '[+#]'")
+  ).rows.map((r) => r.topic);
+  await rec.publish(gw.topics.request("health_check"), { transaction: "alive-after-wildcards" });
+  await rec.waitFor(
+    () =>
+      responses("health_check").some(
+        (m) => (JSON.parse(m.payload) as { transaction?: string }).transaction === "alive-after-wildcards",
+      ),
+    "health check answered after the wildcard abuse",
+    30_000,
+  );
+  const answeredWild = rec.messages.slice(before).filter((m) => m.payload.includes('"wild"')).length;
+
   const t = await pipe.finish();
   report("bad input (requests + ingest)", {
+    wildcard_publishes: wildTopics.length,
+    wildcard_connections_closed: wild.filter((w) => w === "closed").length,
+    wildcard_answered: answeredWild,
+    odd_device_topics: oddDevices.length,
+    odd_device_dead_letters: oddDead,
+    wildcard_dead_letters: wildDead,
+    wildcard_dead_letter_topics: wildRows,
     requests_sent: totalSent,
     responses: all.length,
     error_responses: errors,
@@ -185,5 +294,9 @@ it("answers bad requests with errors, dead-letters bad ingest input, and keeps s
   expect(echoed).toBe(true);
   expect(deadLetters).toBe(badIngest.length);
   expect(evilRows).toBe(0);
+  expect(wild).toEqual(wildTopics.map(() => "closed"));
+  expect(answeredWild).toBe(0);
+  expect(oddDead).toBe(oddDevices.length);
+  expect(wildDead).toBe(0);
   expect(t.lost).toBe(0);
 });

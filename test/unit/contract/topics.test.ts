@@ -78,6 +78,8 @@ describe("topic builders and parser", () => {
       ["bacmqtt/gw1/bridge/request/device/explode", /unknown endpoint/],
       ["bacmqtt/gw1/abc/meta", /neither "bridge" nor a device/],
       ["bacmqtt/gw1/9999999/meta", /out of range/],
+      ["bacmqtt/gw1/007/meta", /no leading zeros/],
+      ["bacmqtt/gw1/-1/meta", /neither "bridge" nor a device/],
       ["bacmqtt/gw1/1001/meta/extra", /unknown device topic/],
       ["bacmqtt/gw1/1001/nothing", /unknown device topic/],
       ["bacmqtt/g+1/1001/meta", /gateway id/],
