@@ -46,14 +46,23 @@ export interface IngestOptions {
   /** Backoff bounds for database retries. */
   retryMinMs?: number;
   retryMaxMs?: number;
+  /** Batches written at once, each on its own connection (default 2, at most the pool's size). */
+  concurrency?: number;
   /** Send readings with COPY when the batch holds only new rows (default auto: not on PGlite). */
   copy?: CopyMode;
 }
 
 interface Pending extends Envelope {
+  /** performance.now() at arrival: how long it has waited (monotonic, unlike receivedAt). */
+  arrivedAt: number;
   messageId: number | undefined;
   generation: number;
   readings: number;
+}
+
+interface InFlight {
+  batch: Pending[];
+  state: "writing" | "committed" | "given_up";
 }
 
 const DEFER_ACK = new Error("ack deferred until commit");
@@ -74,7 +83,13 @@ export class IngestService {
   private wake: (() => void) | undefined;
   private loopDone: Promise<void> | undefined;
   private stopping = false;
-  private busy = false;
+  /** Batches being written, oldest first. */
+  private inFlight: InFlight[] = [];
+  private readonly concurrency: number;
+  private slotFree: (() => void) | undefined;
+  private settledWaiters: (() => void)[] = [];
+  /** A batch was given up (stopping during an outage): nothing after it is acknowledged. */
+  private gaveUp = false;
   private retentionTimer: NodeJS.Timeout | undefined;
   private idleWaiters: (() => void)[] = [];
   private readonly sendPacket = (packet: object, cb?: () => void) =>
@@ -86,6 +101,8 @@ export class IngestService {
     this.writer = new BatchWriter(opts.pool, opts.dialect, this.log, opts.copy);
     this.base = opts.baseTopic ?? "bacmqtt";
     this.batchSize = opts.batchSize ?? 20_000;
+    const poolMax = (opts.pool as unknown as { options?: { max?: number } }).options?.max ?? 10;
+    this.concurrency = Math.max(1, Math.min(opts.concurrency ?? 2, poolMax));
     this.batchWaitMs = opts.batchWaitMs ?? 200;
     this.maxPending = opts.maxPendingReadings ?? Math.max(4 * this.batchSize, 20_000);
   }
@@ -213,6 +230,7 @@ export class IngestService {
       payload,
       op,
       receivedAt: new Date(),
+      arrivedAt: performance.now(),
       messageId: packet.qos > 0 ? packet.messageId : undefined,
       generation: this.generation,
       readings,
@@ -242,8 +260,13 @@ export class IngestService {
       });
     }
     if (this.stopping || this.pendingReadings >= this.batchSize) return;
+    // batchWaitMs counts from the oldest waiting message's arrival, not from now: messages that
+    // arrived while the previous batch was being written have already waited that long.
+    const oldest = this.pending[0]?.arrivedAt ?? performance.now();
+    const remaining = this.batchWaitMs - (performance.now() - oldest);
+    if (remaining <= 0) return;
     await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, this.batchWaitMs);
+      const timer = setTimeout(resolve, remaining);
       this.wake = () => {
         if (this.pendingReadings >= this.batchSize || this.stopping) {
           clearTimeout(timer);
@@ -267,26 +290,75 @@ export class IngestService {
     return batch;
   }
 
+  /**
+   * Takes batches and writes up to `concurrency` of them at once, each in its own transaction on
+   * its own connection (PostgreSQL parses one batch's COPY while the next is prepared and sent).
+   * Acknowledgements stay in arrival order: a batch is acknowledged only once it and every batch
+   * before it have committed.
+   */
   private async loop(): Promise<void> {
     for (;;) {
       await this.waitForBatch();
       this.wake = undefined;
       if (this.pending.length === 0) {
-        this.notifyIdle();
-        if (this.stopping) return;
+        if (this.inFlight.length === 0) this.notifyIdle();
+        if (this.stopping) {
+          await this.allSettled();
+          return;
+        }
         continue;
       }
+      for (let i = 0; this.inFlight.length >= this.concurrency && i < Number.MAX_SAFE_INTEGER; i++) {
+        await new Promise<void>((resolve) => {
+          this.slotFree = resolve;
+        });
+      }
+      // Stopping during an outage: what was not committed is not acknowledged; the broker keeps it.
+      if (this.gaveUp) {
+        await this.allSettled();
+        return;
+      }
       const batch = this.takeBatch();
-      this.busy = true;
-      const committed = await this.commit(batch);
-      this.busy = false;
-      // Stopping during an outage: nothing of this batch was acknowledged; the broker keeps it.
-      if (!committed) return;
-      this.ack(batch);
-      this.metrics.pending.set(this.pending.length);
-      if (this.pendingReadings < this.maxPending) this.releaseHeld();
-      if (this.pending.length === 0) this.notifyIdle();
+      const entry: InFlight = { batch, state: "writing" };
+      this.inFlight.push(entry);
+      void this.commit(batch).then(
+        (ok) => {
+          entry.state = ok ? "committed" : "given_up";
+          this.settle();
+        },
+        (err: unknown) => {
+          // commit() retries every database failure itself; this is a bug, not an outage.
+          this.log.error({ err: errorMessage(err) }, "batch commit crashed; not acknowledged");
+          entry.state = "given_up";
+          this.settle();
+        },
+      );
     }
+  }
+
+  /** Acknowledges the committed batches at the head of the queue, in order. */
+  private settle(): void {
+    for (let head = this.inFlight[0]; head && head.state !== "writing"; head = this.inFlight[0]) {
+      this.inFlight.shift();
+      if (head.state === "given_up") this.gaveUp = true;
+      // After a batch was given up, later ones are not acknowledged either (acks go in order);
+      // the broker redelivers them and ON CONFLICT makes that harmless.
+      if (!this.gaveUp) this.ack(head.batch);
+    }
+    this.metrics.pending.set(this.pending.length);
+    if (this.pendingReadings < this.maxPending) this.releaseHeld();
+    if (this.pending.length === 0 && this.inFlight.length === 0) this.notifyIdle();
+    const free = this.slotFree;
+    this.slotFree = undefined;
+    free?.();
+    if (this.inFlight.length === 0) for (const w of this.settledWaiters.splice(0)) w();
+  }
+
+  private async allSettled(): Promise<void> {
+    if (this.inFlight.length === 0) return;
+    await new Promise<void>((resolve) => {
+      this.settledWaiters.push(resolve);
+    });
   }
 
   private notifyIdle(): void {
@@ -347,7 +419,7 @@ export class IngestService {
 
   /** Resolves when every message received so far is committed (tests, graceful stop). */
   async drained(): Promise<void> {
-    if (this.pending.length === 0 && !this.busy) return;
+    if (this.pending.length === 0 && this.inFlight.length === 0) return;
     await new Promise<void>((resolve) => {
       this.idleWaiters.push(resolve);
     });
