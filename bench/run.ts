@@ -40,6 +40,18 @@ export function parseRows(output: string): BenchRow[] {
   return rows;
 }
 
+/** The error a failed benchmark printed: from its last line naming an error (Node's trailer is useless), else the last 3 lines. */
+export function errorTail(stderr: string): string {
+  const lines = stderr
+    .trim()
+    .split("\n")
+    .filter((l) => l.trim() !== "" && !l.startsWith('{"level":'));
+  let at = -1;
+  for (let i = lines.length - 1; i >= 0 && at < 0; i--)
+    if (/error|exception|reject/i.test(lines[i] as string)) at = i;
+  return (at >= 0 ? lines.slice(at, at + 6) : lines.slice(-3)).map((l) => l.trim()).join(" | ");
+}
+
 function runOne(file: string): Promise<{ rows: BenchRow[]; code: number | null; ms: number; tail: string }> {
   const started = Date.now();
   return new Promise((resolve) => {
@@ -64,7 +76,7 @@ function runOne(file: string): Promise<{ rows: BenchRow[]; code: number | null; 
         rows: parseRows(out),
         code,
         ms: Date.now() - started,
-        tail: err.trim().split("\n").slice(-3).join(" | "),
+        tail: errorTail(err),
       });
     });
   });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { parseRows, renderTable } from "../../../bench/run.ts";
+import { errorTail, parseRows, renderTable } from "../../../bench/run.ts";
 
 describe("bench runner", () => {
   it("collects BENCH_ROW lines and ignores everything else", () => {
@@ -35,5 +35,20 @@ describe("bench runner", () => {
     expect(md).toContain("**no**");
     expect(md).toContain("- api.bench.ts: exit 1");
     expect(md).toContain("Machine: test machine");
+  });
+
+  it("reports the error a failed benchmark printed, not Node's trailer", () => {
+    const stderr = [
+      '{"level":40,"msg":"noise"}',
+      "node:events:497",
+      "      throw er; // Unhandled 'error' event",
+      "Error: Connection terminated unexpectedly",
+      "    at Connection.<anonymous> (client.js:132:73)",
+      "}",
+      "",
+      "Node.js v20.20.2",
+    ].join("\n");
+    expect(errorTail(stderr)).toMatch(/^Error: Connection terminated unexpectedly \| at Connection/);
+    expect(errorTail("a\nb\nc\nd")).toBe("b | c | d");
   });
 });
