@@ -60,12 +60,19 @@ async function baseline(): Promise<number> {
       }
       for (let i = 0; i < 20 && !done; i++) await sleep(25);
     }
-    if (!done) throw new Error(`library found ${seen.size}/${DEVICES}`);
+    // A baseline that never hears every device is reported (its time is the give-up time), not a
+    // crash of the whole benchmark: one full run saw the library miss 1 of 1,000 in 20 rounds.
+    if (!done) {
+      baselineMissed.push(`run ${b.length + 1}: library found ${seen.size}/${DEVICES} in 20 rounds`);
+      return (performance.now() - t0) / 1000;
+    }
     return (done - t0) / 1000;
   } finally {
     c.close();
   }
 }
+
+const baselineMissed: string[] = [];
 
 const o: number[] = [];
 const b: number[] = [];
@@ -96,7 +103,7 @@ emit({
   paired: true,
   met: (v) => v < 5,
   saturated: "simulator processes (2 cores shared by both sides)",
-  notes: `unicast Who-Is on loopback; engine sends 2 datagrams per device per round (plain + DNET 0xFFFF) and repeats; ${RUNS} runs each`,
+  notes: `unicast Who-Is on loopback; engine sends 2 datagrams per device per round (plain + DNET 0xFFFF) and repeats; ${RUNS} runs each${baselineMissed.length ? `; baseline incomplete (time = give-up time): ${baselineMissed.join(", ")}` : ""}`,
 });
 emit({
   benchmark: "discovery",
