@@ -73,15 +73,8 @@ class PointCache {
   }
 }
 
-const rollup = (table: string, width: string) => `
-  ${table} AS (
-    INSERT INTO ${table}_state AS s (point_id, bucket, sum, count, min, max, first, first_time, last, last_time)
-    SELECT point_id, date_bin(INTERVAL '${width}', time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b,
-           sum(value), count(*), min(value), max(value),
-           (array_agg(value ORDER BY time))[1], min(time),
-           (array_agg(value ORDER BY time DESC))[1], max(time)
-    FROM num GROUP BY point_id, b ORDER BY point_id, b
-    ON CONFLICT (point_id, bucket) DO UPDATE SET
+/** How a rollup row folds into the stored one; first/last move only to earlier/later times. */
+const MERGE_INTO_STATE = `ON CONFLICT (point_id, bucket) DO UPDATE SET
       sum = s.sum + excluded.sum,
       count = s.count + excluded.count,
       min = LEAST(s.min, excluded.min),
@@ -90,7 +83,17 @@ const rollup = (table: string, width: string) => `
       first_time = LEAST(s.first_time, excluded.first_time),
       last = CASE WHEN excluded.last_time > s.last_time THEN excluded.last ELSE s.last END,
       last_time = GREATEST(s.last_time, excluded.last_time)
-    RETURNING 1
+    RETURNING 1`;
+
+const rollup = (table: string, width: string) => `
+  ${table} AS (
+    INSERT INTO ${table}_state AS s (point_id, bucket, sum, count, min, max, first, first_time, last, last_time)
+    SELECT point_id, date_bin(INTERVAL '${width}', time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b,
+           sum(value), count(*), min(value), max(value),
+           (array_agg(value ORDER BY time))[1], min(time),
+           (array_agg(value ORDER BY time DESC))[1], max(time)
+    FROM num GROUP BY point_id, b ORDER BY point_id, b
+    ${MERGE_INTO_STATE}
   )`;
 
 const INPUT = `
@@ -112,16 +115,7 @@ const mergeRollup = (table: string, p: number) => `
     SELECT * FROM unnest($${p}::bigint[], $${p + 1}::timestamptz[], $${p + 2}::float8[], $${p + 3}::bigint[],
                          $${p + 4}::float8[], $${p + 5}::float8[], $${p + 6}::float8[], $${p + 7}::timestamptz[],
                          $${p + 8}::float8[], $${p + 9}::timestamptz[])
-    ON CONFLICT (point_id, bucket) DO UPDATE SET
-      sum = s.sum + excluded.sum,
-      count = s.count + excluded.count,
-      min = LEAST(s.min, excluded.min),
-      max = GREATEST(s.max, excluded.max),
-      first = CASE WHEN excluded.first_time < s.first_time THEN excluded.first ELSE s.first END,
-      first_time = LEAST(s.first_time, excluded.first_time),
-      last = CASE WHEN excluded.last_time > s.last_time THEN excluded.last ELSE s.last END,
-      last_time = GREATEST(s.last_time, excluded.last_time)
-    RETURNING 1
+    ${MERGE_INTO_STATE}
   )`;
 
 /** Both rollups in one round trip: $1–$10 hourly rows, $11–$20 daily rows. */
