@@ -10,12 +10,16 @@ import { existsSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import pg from "pg";
 import { afterAll, expect, it } from "vitest";
-import { type RunningBroker, startBroker } from "../../broker/index.ts";
-import { IngestService } from "../../ingest/service.ts";
 import { type Simulator, startSimulator } from "../../simulator/index.ts";
 import { type Received, Recorder, tempDir } from "../integration/gateway/helpers.ts";
 import { createPortableDatabase, type TestDatabase } from "../support/db-postgres.ts";
-import { GatewayProcess, readingKey, readingsIn, writeGatewayConfig } from "./gateway-process.ts";
+import {
+  GatewayProcess,
+  readingKey,
+  readingsIn,
+  startBrokerAndIngest,
+  writeGatewayConfig,
+} from "./gateway-process.ts";
 import { report, sleep } from "./support.ts";
 
 const LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -80,24 +84,7 @@ it.skipIf(!existsSync(LIBFAKETIME))(
       })),
     });
     closers.push(() => sim.close());
-    const broker: RunningBroker = await startBroker({
-      port: 0,
-      host: "127.0.0.1",
-      allowAnonymous: true,
-      sysInterval: 0,
-    });
-    closers.push(() => broker.close());
-    const ingestPool = new pg.Pool({ connectionString: db.url, max: 2 });
-    const ingest = new IngestService({
-      mqttUrl: broker.url,
-      pool: ingestPool,
-      dialect: "portable",
-      clientId: "ingest-faults-clock",
-      retentionIntervalMs: 0,
-    });
-    await ingest.start();
-    closers.push(() => ingestPool.end());
-    closers.push(() => ingest.stop());
+    const { broker } = await startBrokerAndIngest(db.url, "ingest-faults-clock", closers);
     const rec = await Recorder.connect(broker.url, `bacmqtt/${GW}/#`);
     closers.push(() => rec.close());
     const arrivals = stampArrivals(rec);

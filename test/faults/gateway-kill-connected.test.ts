@@ -6,12 +6,16 @@
 // birth's bd_seq, replays and duplicates, and the gap in reading timestamps across the restart.
 import pg from "pg";
 import { afterAll, expect, it } from "vitest";
-import { type RunningBroker, startBroker } from "../../broker/index.ts";
-import { IngestService } from "../../ingest/service.ts";
 import { type Simulator, startSimulator } from "../../simulator/index.ts";
 import { type Received, Recorder, tempDir } from "../integration/gateway/helpers.ts";
 import { createPortableDatabase, type TestDatabase } from "../support/db-postgres.ts";
-import { GatewayProcess, readingKey, readingsIn, writeGatewayConfig } from "./gateway-process.ts";
+import {
+  GatewayProcess,
+  readingKey,
+  readingsIn,
+  startBrokerAndIngest,
+  writeGatewayConfig,
+} from "./gateway-process.ts";
 import { report, sleep } from "./support.ts";
 
 const GW = "faults-gwkill-live";
@@ -55,24 +59,7 @@ it("loses nothing the broker got when the gateway is SIGKILLed mid-stream; will,
     })),
   });
   closers.push(() => sim.close());
-  const broker: RunningBroker = await startBroker({
-    port: 0,
-    host: "127.0.0.1",
-    allowAnonymous: true,
-    sysInterval: 0,
-  });
-  closers.push(() => broker.close());
-  const ingestPool = new pg.Pool({ connectionString: db.url, max: 2 });
-  const ingest = new IngestService({
-    mqttUrl: broker.url,
-    pool: ingestPool,
-    dialect: "portable",
-    clientId: "ingest-faults-gwkill-live",
-    retentionIntervalMs: 0,
-  });
-  await ingest.start();
-  closers.push(() => ingestPool.end());
-  closers.push(() => ingest.stop());
+  const { broker } = await startBrokerAndIngest(db.url, "ingest-faults-gwkill-live", closers);
   const rec = await Recorder.connect(broker.url, `bacmqtt/${GW}/#`);
   closers.push(() => rec.close());
 

@@ -9,11 +9,10 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { afterAll, expect, it } from "vitest";
 import { stringify } from "yaml";
-import { type RunningBroker, startBroker } from "../../broker/index.ts";
-import { IngestService } from "../../ingest/service.ts";
 import { type Simulator, startSimulator } from "../../simulator/index.ts";
 import { BrokerLink, hostPort, Recorder, tempDir } from "../integration/gateway/helpers.ts";
 import { createPortableDatabase, type TestDatabase } from "../support/db-postgres.ts";
+import { startBrokerAndIngest } from "./gateway-process.ts";
 import { report, sleep } from "./support.ts";
 
 const BIN = fileURLToPath(new URL("../../bin/bacmqtt.mjs", import.meta.url));
@@ -50,24 +49,7 @@ it("replays the disk buffer after a SIGKILL during a broker outage; nothing lost
     })),
   });
   closers.push(() => sim.close());
-  const broker: RunningBroker = await startBroker({
-    port: 0,
-    host: "127.0.0.1",
-    allowAnonymous: true,
-    sysInterval: 0,
-  });
-  closers.push(() => broker.close());
-  const ingestPool = new pg.Pool({ connectionString: db.url, max: 2 });
-  const ingest = new IngestService({
-    mqttUrl: broker.url,
-    pool: ingestPool,
-    dialect: "portable",
-    clientId: "ingest-faults-gwkill",
-    retentionIntervalMs: 0,
-  });
-  await ingest.start();
-  closers.push(() => ingestPool.end());
-  closers.push(() => ingest.stop());
+  const { broker } = await startBrokerAndIngest(db.url, "ingest-faults-gwkill", closers);
   const link = new BrokerLink(hostPort(broker.url));
   await link.restore();
   closers.push(() => link.cut());

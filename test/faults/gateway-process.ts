@@ -5,7 +5,10 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import pg from "pg";
 import { stringify } from "yaml";
+import { type RunningBroker, startBroker } from "../../broker/index.ts";
+import { IngestService } from "../../ingest/service.ts";
 import type { Received } from "../integration/gateway/helpers.ts";
 
 const BIN = fileURLToPath(new URL("../../bin/bacmqtt.mjs", import.meta.url));
@@ -81,3 +84,28 @@ export function readingsIn(messages: Received[], from = 0, to = messages.length)
 
 export const readingKey = (r: { device: number; point: string; ts: string }) =>
   `${r.device}/${r.point}@${new Date(r.ts).toISOString()}`;
+
+/**
+ * A broker on port 0 and an ingest writing to `dbUrl` with the fixed client id, as the fault tests
+ * that run the gateway as a process use them; both are registered in `closers` (run in reverse).
+ */
+export async function startBrokerAndIngest(
+  dbUrl: string,
+  clientId: string,
+  closers: (() => Promise<unknown>)[],
+): Promise<{ broker: RunningBroker; ingest: IngestService }> {
+  const broker = await startBroker({ port: 0, host: "127.0.0.1", allowAnonymous: true, sysInterval: 0 });
+  closers.push(() => broker.close());
+  const ingestPool = new pg.Pool({ connectionString: dbUrl, max: 2 });
+  const ingest = new IngestService({
+    mqttUrl: broker.url,
+    pool: ingestPool,
+    dialect: "portable",
+    clientId,
+    retentionIntervalMs: 0,
+  });
+  await ingest.start();
+  closers.push(() => ingestPool.end());
+  closers.push(() => ingest.stop());
+  return { broker, ingest };
+}

@@ -22,10 +22,9 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { afterAll, expect, it } from "vitest";
 import { stringify } from "yaml";
-import { type RunningBroker, startBroker } from "../../broker/index.ts";
-import { IngestService } from "../../ingest/service.ts";
 import { Recorder, tempDir } from "../integration/gateway/helpers.ts";
 import { createPortableDatabase, type TestDatabase } from "../support/db-postgres.ts";
+import { startBrokerAndIngest } from "./gateway-process.ts";
 import { report, sleep } from "./support.ts";
 
 const BIN = fileURLToPath(new URL("../../bin/bacmqtt.mjs", import.meta.url));
@@ -332,24 +331,7 @@ it.skipIf(skipReason !== undefined)(
     closers.push(() => db.drop());
     const pool = new pg.Pool({ connectionString: db.url, max: 2 });
     closers.push(() => pool.end());
-    const broker: RunningBroker = await startBroker({
-      port: 0,
-      host: "127.0.0.1",
-      allowAnonymous: true,
-      sysInterval: 0,
-    });
-    closers.push(() => broker.close());
-    const ingestPool = new pg.Pool({ connectionString: db.url, max: 2 });
-    const ingest = new IngestService({
-      mqttUrl: broker.url,
-      pool: ingestPool,
-      dialect: "portable",
-      clientId: "ingest-faults-netimp",
-      retentionIntervalMs: 0,
-    });
-    await ingest.start();
-    closers.push(() => ingestPool.end());
-    closers.push(() => ingest.stop());
+    const { broker } = await startBrokerAndIngest(db.url, "ingest-faults-netimp", closers);
     const rec = await Recorder.connect(broker.url, `bacmqtt/${GW}/#`);
     closers.push(() => rec.close());
 
