@@ -2,7 +2,7 @@
 import { defineCommand, intOption, listOption, type OptionSpec, stringOption } from "../common/cli.ts";
 import { ConfigError } from "../common/errors.ts";
 import { createLogger } from "../common/logger.ts";
-import { onShutdown } from "../common/shutdown.ts";
+import { catchShutdown } from "../common/shutdown.ts";
 import { createPool, describeDatabase, resolveDatabaseUrl } from "../ingest/db.ts";
 import { createKey, isRole, listKeys, ROLES, revokeKey } from "./keys.ts";
 import { redactUrl } from "./relay.ts";
@@ -81,6 +81,7 @@ have been migrated (\`bacmqtt migrate\`).`,
     const databaseUrl = resolveDatabaseUrl(stringOption(values, "database-url"));
     const mqttUsername = stringOption(values, "mqtt-username");
     const mqttPassword = stringOption(values, "mqtt-password");
+    const shutdown = catchShutdown(log);
     const server = await startApi({
       host: stringOption(values, "host") as string,
       port: port ?? 8080,
@@ -99,7 +100,7 @@ have been migrated (\`bacmqtt migrate\`).`,
       { url: server.url, database: describeDatabase(databaseUrl), mqtt: redactUrl(mqttUrl), readAccess },
       "api listening",
     );
-    onShutdown(() => server.close(), log);
+    shutdown.ready(() => server.close());
     await new Promise<never>(() => {});
     return 0;
   },

@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 import { defineCommand, intOption, type OptionValues, stringOption } from "../common/cli.ts";
 import { ConfigError } from "../common/errors.ts";
 import { createLogger } from "../common/logger.ts";
-import { onShutdown } from "../common/shutdown.ts";
+import { catchShutdown } from "../common/shutdown.ts";
 import { nameProblem } from "../contract/index.ts";
 import { describeRoles } from "./acl.ts";
 import type { BrokerLimits, BrokerOptions } from "./broker.ts";
@@ -154,8 +154,9 @@ SIGHUP re-reads the users file.`,
     };
     if (problems.length) throw new ConfigError(problems);
     const log = createLogger("broker");
+    const shutdown = catchShutdown(log);
     const broker = await startBroker({ ...options, logger: log });
-    onShutdown(() => broker.close(), log);
+    shutdown.ready(() => broker.close());
     if (options.users && process.platform !== "win32") {
       process.on("SIGHUP", () => {
         broker.reloadUsers().then(

@@ -7,7 +7,7 @@ import path from "node:path";
 import { defineCommand, intOption, stringOption } from "../common/cli.ts";
 import { ConfigError, errorMessage } from "../common/errors.ts";
 import { createLogger } from "../common/logger.ts";
-import { onShutdown } from "../common/shutdown.ts";
+import { catchShutdown } from "../common/shutdown.ts";
 
 const DEFAULTS = { http: 8080, mqtt: 1883, ws: 8083 } as const;
 
@@ -289,6 +289,8 @@ simulated BACnet devices on loopback so you can try everything without a buildin
     const databaseUrl = stringOption(values, "database-url");
     const gatewayConfig = stringOption(values, "gateway-config");
     const iface = stringOption(values, "interface");
+    // From here on a signal stops everything cleanly, even while it is still starting.
+    const shutdown = catchShutdown(createLogger("all"));
     const running = await startAll({
       dataDir: path.resolve(stringOption(values, "data-dir") ?? ".data"),
       host: stringOption(values, "host") ?? "127.0.0.1",
@@ -321,10 +323,10 @@ simulated BACnet devices on loopback so you can try everything without a buildin
     ];
     process.stdout.write(lines.join("\n"));
     const failure = await new Promise<Error | undefined>((resolve) => {
-      onShutdown(async () => {
+      shutdown.ready(async () => {
         await running.stop();
         resolve(undefined);
-      }, createLogger("all"));
+      });
       // The gateway gives way when another instance holds its gateway id: stop everything, exit 1.
       void running.gatewayStopped.then(async (err) => {
         if (!err) return;

@@ -4,7 +4,7 @@
 import { defineCommand, intOption, listOption, stringOption } from "../common/cli.ts";
 import { ConfigError } from "../common/errors.ts";
 import { createLogger } from "../common/logger.ts";
-import { onShutdown } from "../common/shutdown.ts";
+import { catchShutdown } from "../common/shutdown.ts";
 import type { GatewayConfigInput } from "./config.ts";
 import { loadConfig } from "./config.ts";
 
@@ -84,13 +84,15 @@ See docs/gateway.md for every setting.`,
     }
     if (problems.length) throw new ConfigError(problems);
     const log = createLogger("gateway");
+    // From here on a signal stops the gateway cleanly, even while it is still starting.
+    const shutdown = catchShutdown(log);
     const { startGateway } = await import("./index.ts");
-    const gateway = await startGateway(config, { log });
+    const gateway = await startGateway(config, { log, signal: shutdown.signal });
     const failure = await new Promise<Error | undefined>((resolve) => {
-      onShutdown(async () => {
+      shutdown.ready(async () => {
         await gateway.stop();
         resolve(undefined);
-      }, log);
+      });
       // The gateway stops itself when another instance holds its gateway id: exit 1 with the code.
       void gateway.stopped.then((err) => {
         if (err) resolve(err);

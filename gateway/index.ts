@@ -51,6 +51,11 @@ export interface GatewayDeps {
   /** Injected engine (unit tests of bridge logic only); default: the real one from `gateway/bacnet/`. */
   engine?: BacnetEngine;
   log?: Logger;
+  /**
+   * Aborted by a shutdown signal during the start: the start stops waiting for the broker and
+   * returns at once, so the caller's stop() runs without the wait (Ctrl+C while the broker is away).
+   */
+  signal?: AbortSignal;
 }
 
 export function engineOptions(cfg: GatewayConfig, policy: WritePolicy): EngineOptions {
@@ -209,15 +214,16 @@ export async function startGateway(
     // Nothing is polled before the gateway id is known to be free (or the broker is away: then the
     // check runs when the connection comes up, and a duplicate found then stops the gateway).
     const wait = config.mqtt.connect_timeout_ms + config.mqtt.duplicate_check_ms + 1000;
-    if ((await mqtt.firstOutcome(wait)) === "refused" && failure) throw failure;
+    const outcome = await Promise.race([mqtt.firstOutcome(wait), whenAborted(deps.signal)]);
+    if (outcome === "refused" && failure) throw failure;
   } catch (err) {
     for (const fn of undo.reverse()) await Promise.resolve(fn()).catch(() => undefined);
     throw err;
   }
 
-  // Optional features: logged, not fatal.
+  // Optional features: logged, not fatal. Skipped when a shutdown signal came during the start.
   try {
-    await discovery.start();
+    if (!deps.signal?.aborted) await discovery.start();
   } catch (err) {
     log.error({ err: errorMessage(err) }, "discovery failed to start");
   }
@@ -278,6 +284,12 @@ export async function startGateway(
     stop,
     stopped,
   };
+}
+
+function whenAborted(signal: AbortSignal | undefined): Promise<"aborted"> {
+  if (!signal) return new Promise<never>(() => {});
+  if (signal.aborted) return Promise.resolve("aborted");
+  return new Promise((resolve) => signal.addEventListener("abort", () => resolve("aborted"), { once: true }));
 }
 
 function withDeadline(p: Promise<unknown>, ms: number): Promise<void> {

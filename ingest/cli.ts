@@ -165,15 +165,21 @@ shared subscriptions; each needs its own --client-id). Prometheus metrics on /me
       metricsRaw === "off" ? undefined : intOption({ p: metricsRaw }, "p", problems, { min: 0, max: 65535 });
     if (problems.length) throw new ConfigError(problems);
 
-    const { onShutdown } = await import("../common/shutdown.ts");
+    const { catchShutdown } = await import("../common/shutdown.ts");
     const { IngestService } = await import("./service.ts");
     const { IngestMetrics, serveMetrics } = await import("./metrics.ts");
     const log = createLogger("ingest");
+    // A signal while waiting for the database or the broker ends the command cleanly.
+    const shutdown = catchShutdown(log);
     const url = resolveDatabaseUrl(stringOption(values, "database-url"));
     const pool = createPool({ url, max: poolSize ?? 4, applicationName: "bacmqtt-ingest", log });
     // The database may come up after the ingest (docker-compose): wait for it, like an outage.
     let migrated: Awaited<ReturnType<typeof migrate>> | undefined;
     for (let attempt = 0; !migrated; attempt++) {
+      if (shutdown.requested) {
+        await pool.end();
+        return 0;
+      }
       try {
         migrated = await migrate(pool, { dialect, log });
       } catch (err) {
@@ -183,7 +189,7 @@ shared subscriptions; each needs its own --client-id). Prometheus metrics on /me
         if (!unavailable || attempt >= 1000) throw err;
         const delay = Math.min(30_000, 500 * 2 ** Math.min(attempt, 6));
         log.warn({ err: (err as Error).message, code, retryInMs: delay }, "database unavailable; waiting");
-        await new Promise((r) => setTimeout(r, delay));
+        await Promise.race([new Promise((r) => setTimeout(r, delay)), shutdown.signalled]);
       }
     }
     log.info({ database: describeDatabase(url), dialect: migrated.dialect }, "database ready");
@@ -216,12 +222,12 @@ shared subscriptions; each needs its own --client-id). Prometheus metrics on /me
     }
     log.info("ingest running");
     await new Promise<void>((resolve) => {
-      onShutdown(async () => {
+      shutdown.ready(async () => {
         await service.stop();
         await server?.close();
         await pool.end();
         resolve();
-      }, log);
+      });
     });
     return 0;
   },

@@ -3,7 +3,7 @@
 import { defineCommand, intOption } from "../common/cli.ts";
 import { ConfigError } from "../common/errors.ts";
 import { createLogger } from "../common/logger.ts";
-import { onShutdown } from "../common/shutdown.ts";
+import { catchShutdown } from "../common/shutdown.ts";
 import { configFromOptions } from "./config.ts";
 import type { SimDeviceHandle } from "./simulator.ts";
 
@@ -144,6 +144,8 @@ A YAML/JSON --config file holds the same keys as startSimulator() (see docs/simu
     if (problems.length) throw new ConfigError(problems);
     const config = configFromOptions(values);
     const log = createLogger("simulator");
+    // Child processes are started below: a signal during their start must still stop them.
+    const shutdown = catchShutdown(log);
     let handles: SimDeviceHandle[];
     let close: () => Promise<void>;
     if (processes > 1) {
@@ -162,7 +164,7 @@ A YAML/JSON --config file holds the same keys as startSimulator() (see docs/simu
       for (const d of handles) process.stdout.write(`${describe(d)}\n`);
       process.stdout.write(`${handles.length} simulated device(s) running; Ctrl+C to stop\n`);
     }
-    onShutdown(close, log);
+    shutdown.ready(close);
     // Keep the command pending until a signal ends the process through onShutdown.
     await new Promise<never>(() => {});
     return 0;

@@ -4,6 +4,7 @@
 // by the next start, marked historical.
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -43,14 +44,14 @@ afterEach(async () => {
   for (const fn of cleanups.splice(0).reverse()) await fn();
 });
 
-function writeConfig(dir: string, mqttUrl: string, base: string): string {
+function writeConfig(dir: string, mqttUrl: string, base: string, mqtt: Record<string, unknown> = {}): string {
   const file = path.join(dir, "gateway.yaml");
   writeFileSync(
     file,
     stringify({
       gateway_id: "gw1",
       data_dir: path.join(dir, "data"),
-      mqtt: { url: mqttUrl, base_topic: base, reconnect_period_ms: 200 },
+      mqtt: { url: mqttUrl, base_topic: base, reconnect_period_ms: 200, ...mqtt },
       bacnet: { interface: "127.0.0.1", port: 0, apdu_timeout_ms: 500, retries: 1 },
       discovery: { on_start: true, interval_s: 0, targets, timeout_s: 1 },
       polling: { interval_s: 1, cov: false },
@@ -61,13 +62,16 @@ function writeConfig(dir: string, mqttUrl: string, base: string): string {
   return file;
 }
 
-function runGateway(config: string): {
+function runGateway(
+  config: string,
+  logLevel = "warn",
+): {
   child: ChildProcess;
   exited: Promise<number | null>;
   stderr: () => string;
 } {
   const child = spawn(process.execPath, [bin, "gateway", "--config", config], {
-    env: { ...process.env, BACMQTT_LOG_LEVEL: "warn" },
+    env: { ...process.env, BACMQTT_LOG_LEVEL: logLevel },
     stdio: ["ignore", "ignore", "pipe"],
   });
   let err = "";
@@ -236,4 +240,45 @@ describe.each(brokers)("gateway process with %s", (_name, makeBroker) => {
     second.child.kill("SIGTERM");
     expect(await second.exited).toBe(0);
   }, 90_000);
+});
+
+describe("gateway process, signal while starting", () => {
+  // The start waits for the broker's first answer (connect timeout + duplicate check). A SIGTERM in
+  // that window used to take the default action: killed by the signal, exit code null. Now it is
+  // held, the wait is cut short and the gateway stops cleanly: exit 0, buffer closed.
+  it("SIGTERM while the broker does not answer yet: exit 0 within seconds, not after the wait", async () => {
+    const silent = net.createServer(() => undefined); // accepts, never answers CONNECT
+    const held = new Set<net.Socket>();
+    silent.on("connection", (s) => held.add(s));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          for (const s of held) s.destroy();
+          silent.close(() => resolve());
+        }),
+    );
+    const port = (silent.address() as net.AddressInfo).port;
+    const tmp = tempDir();
+    cleanups.push(() => tmp.remove());
+    const config = writeConfig(tmp.dir, `mqtt://127.0.0.1:${port}`, uniqueBase("sig"), {
+      connect_timeout_ms: 30_000,
+    });
+    const gw = runGateway(config, "info");
+    const deadline = Date.now() + 20_000;
+    while (!gw.stderr().includes("BACnet endpoint ready")) {
+      if (Date.now() > deadline || gw.child.exitCode !== null) throw new Error(`no start: ${gw.stderr()}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(held.size).toBeLessThanOrEqual(1);
+    const sent = performance.now();
+    gw.child.kill("SIGTERM");
+    const code = await gw.exited;
+    const tookMs = performance.now() - sent;
+    expect({ code, signal: gw.child.signalCode }).toEqual({ code: 0, signal: null });
+    // Far below the 30 s connect timeout the start would otherwise wait out.
+    expect(tookMs).toBeLessThan(15_000);
+    expect(gw.stderr()).toContain("stopping once started");
+    expect(gw.stderr()).toContain("gateway stopped");
+  }, 60_000);
 });

@@ -3,7 +3,7 @@
 // MQTT.js clients; the killed ingest is the real `bacmqtt ingest` process.
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { connect } from "node:net";
+import { type AddressInfo, connect, createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import type { MqttClient } from "mqtt";
 import pg from "pg";
@@ -187,6 +187,33 @@ describe("ingest resilience", () => {
       1200,
     );
     await rollupsMatchRaw();
+  });
+
+  it("SIGTERM while waiting for the database: exit 0 at once, not after the retry delay", async () => {
+    const closed = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise<void>((resolve) => closed.close(() => resolve()));
+    const child = spawn(
+      process.execPath,
+      [BIN, "ingest", "--database-url", `postgres://127.0.0.1:${port}/none`, "--metrics-port", "off"],
+      { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, BACMQTT_LOG_LEVEL: "info" } },
+    );
+    let err = "";
+    child.stderr?.on("data", (d: Buffer) => {
+      err += d.toString();
+    });
+    const exit = new Promise<[number | null, string | null]>((resolve) =>
+      child.once("exit", (code, signal) => resolve([code, signal])),
+    );
+    cleanups.push(async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    });
+    // The second wait is 1 s, the third 2 s…: signal once it has waited at least twice.
+    await eventually(async () => (err.match(/database unavailable; waiting/g) ?? []).length >= 2, "waiting");
+    child.kill("SIGTERM");
+    expect(await exit).toEqual([0, null]);
+    expect(err).toContain("stopping once started");
   });
 
   it.skipIf(!redisUp)("loses nothing across a broker restart (sessions persisted in Redis)", async () => {
