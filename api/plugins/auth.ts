@@ -35,6 +35,9 @@ export interface AuthOptions {
 
 const CACHE_MS = 5000;
 const TOUCH_EVERY_MS = 60_000;
+const KNOWN_FOR_LIMITER_MS = 10 * 60_000;
+const MAX_GOOD = 10_000;
+const MAX_UNKNOWN = 1000;
 
 export function presentedKey(request: FastifyRequest): string | undefined {
   const auth = request.headers.authorization;
@@ -49,22 +52,37 @@ export function presentedKey(request: FastifyRequest): string | undefined {
 
 export const authPlugin = fp<AuthOptions>(
   async (app, opts) => {
-    const cache = new Map<string, { principal: Principal | null; until: number }>();
+    // Answers of the key table, kept CACHE_MS so a revoked key stops working within seconds. Unknown
+    // keys are cached apart and bounded on their own: a flood of invented keys (from many addresses)
+    // must not evict the good ones, or every real client would fall back to its address's budget.
+    const good = new Map<string, { principal: Principal; until: number }>();
+    const unknown = new Map<string, number>();
+    // Keys seen good recently, for the rate limiter only (which budget a request counts against):
+    // longer than CACHE_MS so a client's budget does not flip to its address every 5 s.
+    const recentlyGood = new Map<string, number>();
     const touched = new Map<number, number>();
     app.decorateRequest("principal", null);
-    app.decorate("apiKeyKnown", (key: string) => {
-      const hit = cache.get(key);
-      return hit !== undefined && hit.principal !== null && hit.until > Date.now();
-    });
+    app.decorate("apiKeyKnown", (key: string) => (recentlyGood.get(key) ?? 0) > Date.now());
 
     async function resolve(key: string): Promise<Principal | null> {
       const now = Date.now();
-      const hit = cache.get(key);
+      const hit = good.get(key);
       if (hit && hit.until > now) return hit.principal;
+      if ((unknown.get(key) ?? 0) > now) return null;
       const row = await findKey(app.db, key);
       const principal = row ? { name: row.name, role: row.role, id: row.id } : null;
-      if (cache.size > 1000) cache.clear();
-      cache.set(key, { principal, until: now + CACHE_MS });
+      if (principal) {
+        if (good.size >= MAX_GOOD) good.clear(); // more live keys than this: they are re-read, not wrong
+        good.set(key, { principal, until: now + CACHE_MS });
+        if (recentlyGood.size >= MAX_GOOD) recentlyGood.clear();
+        recentlyGood.set(key, now + KNOWN_FOR_LIMITER_MS);
+        unknown.delete(key);
+      } else {
+        good.delete(key);
+        recentlyGood.delete(key);
+        if (unknown.size >= MAX_UNKNOWN) unknown.clear();
+        unknown.set(key, now + CACHE_MS);
+      }
       if (principal && (touched.get(principal.id) ?? 0) + TOUCH_EVERY_MS < now) {
         touched.set(principal.id, now);
         touchKey(app.db, principal.id).catch((err: unknown) =>

@@ -586,6 +586,33 @@ function suite(dialect: Dialect) {
           await limited.close();
         }
       });
+      it("a flood of invented keys from many addresses does not move a good key onto its address's budget", async () => {
+        const limited = await appWithoutBroker(pool, { rateLimit: { max: 2, timeWindowMs: 60_000 } });
+        try {
+          const call = (headers: Record<string, string>, remoteAddress = "10.9.0.1") =>
+            limited.app.inject({ method: "GET", url: "/api/gateways", headers, remoteAddress });
+          // The key's first call counts against the address; from then on against the key.
+          expect((await call(auth(keys.viewer))).statusCode).toBe(200);
+          // The address's budget is used up by a caller without a key.
+          expect((await call({})).statusCode).toBe(401);
+          expect((await call({})).statusCode).toBe(429);
+          // 1,100 made-up keys, each from its own address: each is looked up once and refused.
+          const codes = new Map<number, number>();
+          for (let i = 0; i < 1100; i++) {
+            const res = await call(
+              auth(`bmq_${i.toString(16).padStart(32, "0")}`),
+              `10.8.${i >> 8}.${i & 255}`,
+            );
+            codes.set(res.statusCode, (codes.get(res.statusCode) ?? 0) + 1);
+          }
+          expect(Object.fromEntries(codes)).toEqual({ 401: 1100 });
+          // The good key still has its own budget (before: the flood cleared the cache, the key
+          // counted against the exhausted address and got 429).
+          expect((await call(auth(keys.viewer))).statusCode).toBe(200);
+        } finally {
+          await limited.close();
+        }
+      });
     });
 
     describe("health, metrics, docs, console", () => {
