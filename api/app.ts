@@ -25,6 +25,7 @@ import { consoleRoutes } from "./routes/console.ts";
 import { historyRoutes } from "./routes/history.ts";
 import { inventoryRoutes } from "./routes/inventory.ts";
 import { liveRoutes } from "./routes/live.ts";
+import { errors } from "./schemas.ts";
 import { validatorCompiler } from "./validation.ts";
 
 export interface ApiOptions {
@@ -166,6 +167,24 @@ export async function buildApp(options: ApiOptions = {}): Promise<FastifyInstanc
     // The app-wide CSP (helmet) covers Swagger UI: its scripts are files, its styles partly inline.
     await app.register(swaggerUi, { routePrefix: "/docs" });
   }
+
+  // Refusals that come before a route's handler (size and media-type limits, the router, Node's
+  // parser, the rate limiter) are part of every route's contract: declared in the spec, so that a
+  // client generated from it knows them and the HTTP fuzz test can insist on "no undeclared status".
+  const rateLimited = options.rateLimit !== false;
+  app.addHook("onRoute", (route) => {
+    const schema = route.schema as
+      | { response?: Record<string, unknown>; body?: unknown; params?: unknown; querystring?: unknown }
+      | undefined;
+    if (!schema?.response || route.url.startsWith("/docs")) return;
+    // 401: any presented key that is unknown is refused, on every route (public ones too).
+    const extra = [401, 431, ...(rateLimited ? [429] : []), ...(route.url.includes(":") ? [414] : [])];
+    const methods = ([] as string[]).concat(route.method);
+    if (schema.body !== undefined || methods.some((m) => m !== "GET" && m !== "HEAD")) extra.push(413, 415);
+    if (schema.body !== undefined || schema.params !== undefined || schema.querystring !== undefined)
+      extra.push(400);
+    for (const status of extra) schema.response[status] ??= errors(status)[status];
+  });
 
   await app.register(inventoryRoutes);
   await app.register(historyRoutes);
