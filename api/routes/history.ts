@@ -170,9 +170,12 @@ export const historyRoutes: FastifyPluginAsyncTypebox = async (app) => {
         tags: ["history"],
         summary: "Several points' values as CSV (one row per point and time)",
         querystring: MultiHistoryQuery,
-        produces: ["text/csv"],
         response: {
-          200: Type.String({ description: "CSV: point_id,gateway_id,device_instance,point,time,value,…" }),
+          // CSV for the answer, JSON (the default) for the errors: per status, not `produces`.
+          200: {
+            description: "CSV: point_id,gateway_id,device_instance,point,name,units,time,value,…",
+            content: { "text/csv": { schema: Type.String() } },
+          },
           ...errors(400, 401, 403, 404),
         },
       },

@@ -681,6 +681,14 @@ function suite(dialect: Dialect) {
         expect(
           doc.paths["/api/gateways/{gateway}/devices/{device}/points/{point}/write"].post.requestBody,
         ).toBeDefined();
+        // The CSV route answers CSV, but its errors are JSON like everywhere else.
+        const csv = doc.paths["/api/history.csv"].get.responses;
+        expect(Object.keys(csv["200"].content)).toEqual(["text/csv"]);
+        expect(Object.keys(csv["400"].content)).toEqual(["application/json"]);
+        // Refusals before the handler are declared: unknown key, rate limit, headers, path length.
+        expect(Object.keys(doc.paths["/api/points/{point_id}"].get.responses)).toEqual(
+          expect.arrayContaining(["401", "414", "429", "431"]),
+        );
         expect((await get("/docs", null)).statusCode).toBeLessThan(400);
       });
 
