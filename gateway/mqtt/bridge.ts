@@ -1,6 +1,6 @@
 // Joins the BACnet engine to MQTT: the device registry, the birth sequence, `{device}/meta`,
-// `availability`, throttled `state`, `readings` (through the store-and-forward buffer when the
-// broker is away), `bridge/event`, `bridge/info`, `bridge/devices`, `bridge/health`, and clearing a
+// `availability`, throttled `state`, `readings` (journalled in the disk buffer before every publish,
+// replayed from it when the broker was away or the process died before the PUBACK), `bridge/event`, `bridge/info`, `bridge/devices`, `bridge/health`, and clearing a
 // removed device's retained topics. Every topic goes through the contract's `Topics`; every publish
 // through the MQTT wrapper. It never talks BACnet itself: only through the engine interface.
 import type { Logger } from "../../common/logger.ts";
@@ -26,7 +26,7 @@ import type {
 } from "../bacnet/types.ts";
 import type { GatewayConfig } from "../config.ts";
 import { publicConfig, redactUrl } from "../config.ts";
-import type { DiskBuffer } from "./buffer.ts";
+import type { DiskBuffer, LiveRecord } from "./buffer.ts";
 import type { GatewayMqtt } from "./client.ts";
 
 const DEVICES_COALESCE_MS = 250;
@@ -79,6 +79,8 @@ export class Bridge {
   private draining: Promise<void> | undefined;
   private drainAgain = false;
   private stopped = false;
+  /** The journal write is failing (e.g. disk full): said once, not per message. */
+  private journalFailing = false;
   /** Where request messages go (the dispatcher); the subscription is made at the end of each birth. */
   private onRequest: ((relativeTopic: string, payload: Buffer) => void) | undefined;
   readonly counters = { readingsMessages: 0, readingsValues: 0, buffered: 0 };
@@ -470,14 +472,42 @@ export class Bridge {
     const live = connected && this.buffer.depth === 0 && this.draining === undefined;
     for (const payload of held) {
       const topic = Topics.deviceRel(payload.device, "readings");
-      if (live) void this.publishLive(topic, payload);
+      if (live) this.publishLive(topic, payload);
       else this.toBuffer(topic, payload);
     }
   }
 
-  private publishLive(topic: string, payload: DeviceReadingsPayload): Promise<void> {
-    return this.mqtt.publish(topic, payload, TOPIC_QOS.readings).then((ok) => {
-      if (!ok) this.toBuffer(topic, payload);
+  /**
+   * Write-ahead: the message is in the disk journal before it is handed to MQTT, and marked done
+   * there on the PUBACK. A process that dies in between leaves it to the next start's replay
+   * (historical, perhaps a duplicate: the ingest is idempotent on point + ts). A failed publish
+   * leaves it waiting in its place, for the replay.
+   */
+  private publishLive(topic: string, payload: DeviceReadingsPayload): void {
+    const body = JSON.stringify(payload);
+    let rec: LiveRecord | undefined;
+    try {
+      rec = this.buffer.appendLive(topic, body);
+      if (this.journalFailing) this.log.info("readings journal writable again");
+      this.journalFailing = false;
+    } catch (err) {
+      // Still published: the broker may take it, only the crash protection is missing for it.
+      if (!this.journalFailing)
+        this.log.error(
+          { err: (err as Error).message },
+          "cannot journal readings before publishing: a crash now loses what is in flight",
+        );
+      this.journalFailing = true;
+    }
+    void this.mqtt.publish(topic, body, TOPIC_QOS.readings).then((ok) => {
+      if (rec === undefined) {
+        if (!ok) this.toBuffer(topic, payload);
+        return;
+      }
+      this.buffer.settleLive(rec, ok);
+      if (ok) return;
+      this.counters.buffered += 1;
+      if (this.mqtt.connected) this.kickDrain();
     });
   }
 
@@ -492,7 +522,7 @@ export class Bridge {
     const topic = Topics.deviceRel(payload.device, "readings");
     // Order matters: once anything waits in the buffer, new readings queue behind it.
     if (this.mqtt.connected && this.buffer.depth === 0 && this.draining === undefined) {
-      void this.publishLive(topic, payload);
+      this.publishLive(topic, payload);
     } else {
       this.toBuffer(topic, payload);
     }

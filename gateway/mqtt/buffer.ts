@@ -1,13 +1,21 @@
-// Store-and-forward buffer: readings that could not be published go to append-only segment files
-// on disk and are replayed in order once the broker is back. Crash-safe without native code:
+// Store-and-forward buffer and write-ahead journal for readings. Every readings message goes to
+// append-only segment files on disk before it is published: live messages are journalled and marked
+// done when the broker acknowledged them (PUBACK); messages that could not be published (broker away,
+// or a live publish that failed) wait here and are replayed in order once the broker is back. A
+// process crash (SIGKILL, OOM) therefore loses no reading it had recorded: at the next open every
+// record after the cursor counts as waiting, including live ones the broker had not acknowledged.
+// Crash-safe without native code:
 // - a record is one line `<ms>\t<topic>\t<JSON body>`, written with a synchronous write (it survives SIGKILL of the process
 //   as soon as append() returns; `fsync` adds power-loss safety per the configured policy);
 // - a torn last line (power loss mid-write) is cut off at open;
 // - the replay position is a small cursor file replaced atomically (write + rename), advanced only
 //   after the broker acknowledged; a crash between ack and cursor write replays a few records again
-//   (at-least-once; readings are idempotent on point + ts downstream).
+//   (at-least-once; readings are idempotent on point + ts downstream). Live acknowledgements move the
+//   cursor in memory and persist it every CURSOR_SAVE_RECORDS records or CURSOR_SAVE_MS: a rename per
+//   message would cost more than the journal write itself, and a stale cursor only means duplicates.
 // Bounded by total bytes (oldest segment dropped, counted) and by age (expired records skipped,
-// counted). Knows nothing of MQTT: the drain is given a publish function.
+// counted). Knows nothing of MQTT: the drain is given a publish function, live records are settled
+// by the caller.
 import {
   closeSync,
   fsyncSync,
@@ -60,9 +68,21 @@ interface ReadRecord extends BufferedRecord {
   end: Position;
 }
 
+/**
+ * A live message journalled before it was published. `inflight` until the caller settles it;
+ * `acked` ones wait for earlier ones (the cursor moves over an acknowledged prefix only); `failed`
+ * ones wait for the replay; `gone` ones were dropped by the size limit meanwhile.
+ */
+export interface LiveRecord {
+  readonly end: Position;
+  state: "inflight" | "acked" | "failed" | "gone";
+}
+
 const SEGMENT_RE = /^(\d{16})\.seg$/;
 const CURSOR = "cursor.json";
 const READ_CHUNK = 1024 * 1024;
+const CURSOR_SAVE_RECORDS = 256;
+const CURSOR_SAVE_MS = 1000;
 
 export class DiskBuffer {
   private readonly o: BufferOptions;
@@ -74,7 +94,16 @@ export class DiskBuffer {
   private pending = 0;
   /** Records of the segment under the cursor that lie before it (already acknowledged). */
   private consumedInHead = 0;
-  readonly stats = { appended: 0, replayed: 0, dropped: 0 };
+  /** Live records after the cursor, in append order. */
+  private live: LiveRecord[] = [];
+  /** Live records neither failed nor gone: after the cursor but not waiting for the replay. */
+  private liveOpen = 0;
+  private liveInflight = 0;
+  private liveIdle: (() => void)[] = [];
+  private unsavedAcks = 0;
+  private savedAt = 0;
+  /** `appended`: records written to wait for the replay; `live`: records journalled ahead of a live publish. */
+  readonly stats = { appended: 0, live: 0, replayed: 0, dropped: 0 };
 
   constructor(options: BufferOptions) {
     this.o = options;
@@ -84,9 +113,14 @@ export class DiskBuffer {
     return this.o.now ? this.o.now() : Date.now();
   }
 
-  /** Records waiting to be replayed. */
+  /** Records waiting to be replayed (live records in flight or acknowledged are not waiting). */
   get depth(): number {
-    return this.pending;
+    return this.pending - this.liveOpen;
+  }
+
+  /** Live records written ahead and not yet settled by the caller. */
+  get inflight(): number {
+    return this.liveInflight;
   }
 
   get bytes(): number {
@@ -154,8 +188,71 @@ export class DiskBuffer {
     }
   }
 
-  /** Appends one record; synchronous so that it is in the OS before the caller goes on. */
+  /** Appends one record to wait for the replay; synchronous so that it is in the OS before the caller goes on. */
   append(topic: string, body: string): void {
+    this.write(topic, body);
+    this.stats.appended += 1;
+    this.enforceSize();
+  }
+
+  /**
+   * Journals a message that the caller is about to publish live; the caller must `settleLive` it
+   * with the broker's answer. Until then it is not counted as waiting, but a crash leaves it on disk
+   * to be replayed by the next process. Same write as `append`: in the OS when this returns.
+   */
+  appendLive(topic: string, body: string): LiveRecord {
+    const rec: LiveRecord = { end: this.write(topic, body), state: "inflight" };
+    this.live.push(rec);
+    this.liveOpen += 1;
+    this.liveInflight += 1;
+    this.stats.live += 1;
+    this.enforceSize();
+    return rec;
+  }
+
+  /**
+   * The broker's answer for a live record: acknowledged (the cursor moves over the acknowledged
+   * prefix) or not (the record now waits for the replay, in its place).
+   */
+  settleLive(rec: LiveRecord, acknowledged: boolean): void {
+    if (rec.state !== "inflight" && rec.state !== "gone") return;
+    if (rec.state === "inflight") {
+      if (acknowledged) rec.state = "acked";
+      else {
+        rec.state = "failed";
+        this.liveOpen -= 1;
+      }
+    }
+    this.liveInflight -= 1;
+    // Closed: the cursor on disk stays where close() left it; the record is replayed by the next start.
+    if (this.fd !== undefined) this.advanceLive();
+    if (this.liveInflight === 0) for (const resolve of this.liveIdle.splice(0)) resolve();
+  }
+
+  /** Moves the cursor over the acknowledged live records at the head. */
+  private advanceLive(): void {
+    let count = 0;
+    let end: Position | undefined;
+    while (this.live[0]?.state === "acked") {
+      end = (this.live.shift() as LiveRecord).end;
+      this.liveOpen -= 1;
+      count += 1;
+    }
+    if (end === undefined) return;
+    this.ack(end, count, false, false);
+    this.unsavedAcks += count;
+    const now = Date.now();
+    if (this.unsavedAcks >= CURSOR_SAVE_RECORDS || now - this.savedAt >= CURSOR_SAVE_MS) this.saveCursor();
+  }
+
+  /** Resolves once no live record is in flight (the replay must not overtake or repeat them). */
+  private liveSettled(): Promise<void> {
+    if (this.liveInflight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.liveIdle.push(resolve));
+  }
+
+  /** Writes one record line; returns the position after it. */
+  private write(topic: string, body: string): Position {
     if (this.fd === undefined) throw new Error("buffer is not open");
     if (body.includes("\n") || topic.includes("\t")) throw new Error("a buffered record must be one line");
     const line = `${this.now()}\t${topic}\t${body}\n`;
@@ -166,10 +263,9 @@ export class DiskBuffer {
     active.bytes += bytes;
     active.records += 1;
     this.pending += 1;
-    this.stats.appended += 1;
     if (this.o.fsync === "always") fsyncSync(this.fd);
     else this.dirty = true;
-    this.enforceSize();
+    return { seg: active.seq, off: active.bytes };
   }
 
   private rotate(): Segment {
@@ -196,10 +292,30 @@ export class DiskBuffer {
       this.cursor = { seg: next.seq, off: 0 };
       this.consumedInHead = 0;
       this.pending -= lost;
-      this.drop("max_bytes", lost);
       droppedNow = true;
+      this.drop("max_bytes", lost - this.forgetLiveBefore(this.cursor));
     }
     if (droppedNow) this.saveCursor();
+  }
+
+  /**
+   * Live records the size limit dropped (only possible with a backlog in front of them, so they
+   * have failed and were waiting): no longer tracked. Returns how many were still in flight or
+   * acknowledged, which are not counted as dropped: the broker has or may yet get them.
+   */
+  private forgetLiveBefore(cursor: Position): number {
+    let open = 0;
+    while (this.live.length > 0) {
+      const rec = this.live[0] as LiveRecord;
+      if (rec.end.seg > cursor.seg || (rec.end.seg === cursor.seg && rec.end.off > cursor.off)) break;
+      this.live.shift();
+      if (rec.state === "inflight" || rec.state === "acked") {
+        open += 1;
+        this.liveOpen -= 1;
+      }
+      if (rec.state === "inflight") rec.state = "gone";
+    }
+    return open;
   }
 
   private drop(reason: "max_bytes" | "max_age" | "corrupt", records: number): void {
@@ -254,8 +370,12 @@ export class DiskBuffer {
     return out;
   }
 
-  /** Marks everything up to `end` as delivered (in order). `records` is how many that covers. */
-  ack(end: Position, records: number, persist = true): void {
+  /**
+   * Marks everything up to `end` as delivered (in order). `records` is how many that covers. With
+   * `reset`, an emptied buffer starts a fresh segment at once (the replay's end); live traffic keeps
+   * appending to the segment and lets rotation return the space, not a new file per message.
+   */
+  ack(end: Position, records: number, persist = true, reset = true): void {
     if (end.seg < this.cursor.seg || (end.seg === this.cursor.seg && end.off <= this.cursor.off)) return;
     let left = records;
     let consumed = this.consumedInHead;
@@ -269,7 +389,7 @@ export class DiskBuffer {
     this.pending = Math.max(0, this.pending - records);
     this.consumedInHead = consumed + Math.max(0, left);
     const head = this.segments[0] as Segment;
-    if (this.pending === 0 && head.bytes === end.off && this.segments.length === 1) this.reset();
+    if (reset && this.pending === 0 && head.bytes === end.off && this.segments.length === 1) this.reset();
     else if (persist) this.saveCursor();
   }
 
@@ -290,19 +410,28 @@ export class DiskBuffer {
     const file = path.join(this.o.dir, CURSOR);
     writeFileSync(`${file}.tmp`, JSON.stringify(this.cursor));
     renameSync(`${file}.tmp`, file);
+    this.unsavedAcks = 0;
+    this.savedAt = Date.now();
   }
 
   /**
    * Replays pending records in order through `publish` (which must resolve only once the broker
    * acknowledged), keeping up to `window` in flight. Expired and unreadable records are skipped and
    * counted. Stops when a publish fails or `shouldStop()` says so; the cursor only moves over the
-   * acknowledged prefix, so what was not acknowledged is sent again by the next drain.
+   * acknowledged prefix, so what was not acknowledged is sent again by the next drain. Starts once
+   * the live records in flight are settled: the failed ones are replayed in their place, and live
+   * ones acknowledged behind a failed one are sent again (a duplicate, not a gap).
    */
   async drain(
     publish: (topic: string, body: string) => Promise<void>,
     options: { window?: number; shouldStop?: () => boolean } = {},
   ): Promise<number> {
     const window = Math.max(1, options.window ?? 1024);
+    await this.liveSettled();
+    if (this.fd === undefined) return 0;
+    // From here on every record after the cursor waits for this replay.
+    this.live = [];
+    this.liveOpen = 0;
     const inflight: { done: Promise<boolean>; end: Position; count: number }[] = [];
     let readPos: Position = this.cursor;
     let delivered = 0;
@@ -381,6 +510,7 @@ export class DiskBuffer {
   close(): void {
     if (this.fsyncTimer) clearInterval(this.fsyncTimer);
     this.fsyncTimer = undefined;
+    if (this.fd !== undefined && this.unsavedAcks > 0) this.saveCursor();
     this.flush();
     if (this.fd !== undefined) closeSync(this.fd);
     this.fd = undefined;

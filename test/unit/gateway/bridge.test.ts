@@ -21,8 +21,11 @@ class MqttRecorder extends EventEmitter {
   sent: { topic: string; payload: unknown; retain: boolean }[] = [];
   async publish(topic: string, payload: unknown, o: { retain?: boolean } = {}): Promise<boolean> {
     if (!this.connected) return false;
-    // The real wrapper serialises synchronously; snapshot likewise.
-    this.sent.push({ topic, payload: structuredClone(payload), retain: o.retain ?? false });
+    // The real wrapper serialises synchronously; snapshot likewise. Readings come serialised
+    // already (the same text is journalled before it is published).
+    const snapshot =
+      typeof payload === "string" && payload !== "" ? JSON.parse(payload) : structuredClone(payload);
+    this.sent.push({ topic, payload: snapshot, retain: o.retain ?? false });
     return true;
   }
   async publishAcked(topic: string, body: string): Promise<void> {
