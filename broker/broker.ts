@@ -104,8 +104,12 @@ const ACL_CACHE_TOPICS = 4096;
 /**
  * Coalesces the writes of one event-loop turn into one system call: aedes writes every packet on
  * its own, so a subscriber receiving thousands of small messages cost one writev each (measured: the
- * largest item of the broker's profile at QoS 0). Corked at the first write of a turn, uncorked on
- * the next tick: delivery is not delayed past the current turn.
+ * largest item of the broker's profile at QoS 0). Corked at the first write, uncorked by an
+ * immediate: aedes delivers each message from its own setImmediate, and Node runs the nextTick queue
+ * after every immediate, so a nextTick uncork flushed every message alone (measured: one writev per
+ * message, 19% of the broker's CPU at QoS 0 1→1). An immediate queued during the check phase runs
+ * in the next one, after the whole batch; with immediates pending the loop does not block in poll,
+ * so a write waits at most one turn.
  */
 function coalesceWrites(stream: unknown): void {
   const s = stream as { cork?: () => void; uncork?: () => void; write?: (...a: unknown[]) => boolean };
@@ -120,7 +124,7 @@ function coalesceWrites(stream: unknown): void {
     if (!corked) {
       corked = true;
       s.cork?.();
-      process.nextTick(uncork);
+      setImmediate(uncork);
     }
     return write.apply(this, args);
   };

@@ -1,5 +1,7 @@
 // Message delivery through the broker with real clients: retained messages, last will on an abrupt
-// disconnect, and a persistent session's QoS 1 queue while the subscriber is offline.
+// disconnect, a persistent session's QoS 1 queue while the subscriber is offline, and a burst
+// delivered whole and in order in few socket writes.
+import type { Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type RunningBroker, startBroker } from "../../../broker/index.ts";
 import { Topics } from "../../../contract/index.ts";
@@ -89,5 +91,32 @@ describe("delivery", () => {
     expect(got.map((m) => m.payload)).toEqual(Array.from({ length: 20 }, (_, i) => `r${i}`));
     expect(got.every((m) => m.qos === 1)).toBe(true);
     await back.endAsync();
+  });
+
+  it("delivers a QoS 0 burst whole and in order, in far fewer socket writes than messages", async () => {
+    // aedes writes each delivery from its own setImmediate; the broker coalesces one event-loop
+    // turn's writes per connection. Flushed per message, a subscriber cost one system call each.
+    const count = 2000;
+    const clientId = uniqueId("burst");
+    const filter = topics.device(9, "readings");
+    const { client: sub, messages: got } = await connectRecording(broker.url, { clientId });
+    await subscribe(sub, filter, 0);
+    const clients = (broker.aedes as unknown as { clients: Record<string, { conn: Socket }> }).clients;
+    const conn = (clients[clientId] as { conn: Socket }).conn;
+    let writes = 0;
+    for (const method of ["_write", "_writev"] as const) {
+      const original = conn[method] as (...args: unknown[]) => void;
+      conn[method] = function (this: Socket, ...args: unknown[]) {
+        writes++;
+        original.apply(this, args);
+      } as never;
+    }
+    const pub = await connect(broker.url);
+    for (let i = 0; i < count; i++) pub.publish(filter, `m${i}`, { qos: 0 });
+    await waitFor(`${count} messages`, () => got.length >= count);
+    expect(got.map((m) => m.payload)).toEqual(Array.from({ length: count }, (_, i) => `m${i}`));
+    expect(writes).toBeGreaterThan(0);
+    expect(writes).toBeLessThan(count / 10);
+    await Promise.all([pub.endAsync(), sub.endAsync()]);
   });
 });
