@@ -62,6 +62,45 @@ async function probe(url: string, timeoutMs: number): Promise<void> {
   }
 }
 
+type Callback = (err?: Error | null) => void;
+interface AckOrdering {
+  authorizePublish: (client: unknown, packet: { qos?: number }, done: Callback) => void;
+  publish: (packet: object, ...rest: unknown[]) => void;
+}
+
+/**
+ * aedes 1.2 answers a QoS 1 PUBLISH with PUBACK first and only then stores it for the persistent
+ * sessions that subscribed (`outgoingEnqueueCombi`: MSET, then one RPUSH per session). A broker
+ * SIGKILLed in between had acknowledged messages that were in no queue: the publisher dropped them
+ * and the ingest never got them (measured: the 50 messages acknowledged in the last Redis round
+ * trip before the kill, over a 10 ms link, test/faults/broker-kill.test.ts). Publishing from the
+ * publish authorisation, which aedes runs before the PUBACK, and skipping aedes' own publish of
+ * that same packet afterwards moves the PUBACK behind the Redis writes. Every path that authorises
+ * a publish (a client's PUBLISH, a will at disconnect, a stale will) publishes that same object
+ * right after, so only the order changes. QoS 2 already stores before PUBREC and is left alone.
+ */
+export function persistBeforeAck(broker: AckOrdering): void {
+  const authorize = broker.authorizePublish.bind(broker);
+  const publish = broker.publish.bind(broker);
+  const published = new WeakSet<object>();
+  broker.authorizePublish = (client, packet, done) => {
+    authorize(client, packet, (err) => {
+      if (err || packet.qos !== 1) return done(err);
+      publish(packet, client, (publishErr?: Error | null) => {
+        if (publishErr) return done(publishErr);
+        published.add(packet);
+        done(null);
+      });
+    });
+  };
+  broker.publish = (packet, ...rest) => {
+    if (!published.delete(packet)) return publish(packet, ...rest);
+    // Already published before the PUBACK: only the caller's callback is left to run.
+    const done = rest.findLast((a) => typeof a === "function") as Callback | undefined;
+    process.nextTick(() => done?.(null));
+  };
+}
+
 export async function openRedis(settings: RedisSettings, log: Logger): Promise<RedisBackends> {
   const where = redactUrl(settings.url);
   if (!/^rediss?:\/\//.test(settings.url))
@@ -108,6 +147,13 @@ export async function openRedis(settings: RedisSettings, log: Logger): Promise<R
     conn: store,
     maxSessionDelivery: settings.maxSessionDelivery ?? DEFAULT_SESSION_DELIVERY,
   });
+  const withSetup = persistence as { setup(broker: AckOrdering): Promise<unknown> };
+  const setup = withSetup.setup.bind(persistence);
+  // aedes hands itself to the persistence at start (and insists on an async function here).
+  withSetup.setup = async (broker) => {
+    persistBeforeAck(broker);
+    return setup(broker);
+  };
   // aedes 1.2 stores a SUBSCRIBE's filters once per filter, each call with the whole filter list, at
   // the same time; the Redis persistence's broadcast waits under a key made from the first filter,
   // so every call but the last overwrites the previous waiter and a SUBSCRIBE with several filters
