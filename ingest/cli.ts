@@ -141,6 +141,19 @@ shared subscriptions; each needs its own --client-id). Prometheus metrics on /me
       description: "… or after MS milliseconds",
     },
     "pool-size": { type: "string", value: "N", default: "4", description: "Database connections" },
+    "max-future-s": {
+      type: "string",
+      value: "S",
+      default: "86400",
+      description:
+        "Readings stamped more than S seconds ahead of this clock become dead letters (0 = no limit)",
+    },
+    "min-time": {
+      type: "string",
+      value: "ISO",
+      default: "2000-01-01T00:00:00Z",
+      description: 'Readings stamped before this time become dead letters ("none" = no limit)',
+    },
     "metrics-host": { type: "string", value: "HOST", default: "0.0.0.0", description: "Address of /metrics" },
     "metrics-port": {
       type: "string",
@@ -160,6 +173,11 @@ shared subscriptions; each needs its own --client-id). Prometheus metrics on /me
     const batchSize = intOption(values, "batch-size", problems, { min: 1, max: 100_000 });
     const batchWaitMs = intOption(values, "batch-wait-ms", problems, { min: 1, max: 60_000 });
     const poolSize = intOption(values, "pool-size", problems, { min: 1, max: 100 });
+    const maxFutureS = intOption(values, "max-future-s", problems, { min: 0, max: 10 * 365 * 86_400 });
+    const minTimeRaw = stringOption(values, "min-time") ?? "2000-01-01T00:00:00Z";
+    const minTimeMs = minTimeRaw === "none" ? Number.NEGATIVE_INFINITY : Date.parse(minTimeRaw);
+    if (Number.isNaN(minTimeMs))
+      problems.push(`--min-time: "${minTimeRaw}" is not a date-time (e.g. 2000-01-01T00:00:00Z) or "none"`);
     const metricsRaw = stringOption(values, "metrics-port") ?? "9465";
     const metricsPort =
       metricsRaw === "off" ? undefined : intOption({ p: metricsRaw }, "p", problems, { min: 0, max: 65535 });
@@ -205,6 +223,10 @@ shared subscriptions; each needs its own --client-id). Prometheus metrics on /me
       shareGroup: stringOption(values, "share-group"),
       batchSize,
       batchWaitMs,
+      timeWindow: {
+        ...(maxFutureS !== undefined ? { maxFutureMs: maxFutureS * 1000 } : {}),
+        minTimeMs,
+      },
       metrics,
       log,
     });

@@ -31,11 +31,61 @@ export type IngestOp =
   | { kind: "ignore" }
   | { kind: "dead_letter"; error: string };
 
+/**
+ * Readings whose timestamps no working clock gives: more than `maxFutureMs` ahead of the ingest's
+ * clock, or before `minTimeMs`. A gateway whose clock jumped to 2099 or fell back to 1970 would
+ * otherwise plant rows that retention never removes (future) or removes at once (past), and bend
+ * every hourly and daily aggregate they land in. Such a message becomes a dead letter (raw payload
+ * kept: nothing is lost, it can be replayed once the clock is fixed). 0 / -Infinity turn a side off.
+ */
+export interface TimeWindow {
+  maxFutureMs: number;
+  minTimeMs: number;
+}
+
+export const DEFAULT_TIME_WINDOW: TimeWindow = {
+  maxFutureMs: 24 * 3600_000,
+  minTimeMs: Date.UTC(2000, 0, 1),
+};
+
+function implausibleTime(
+  readings: DeviceReadingsPayload["readings"],
+  window: TimeWindow,
+  now: number,
+): string | undefined {
+  const latest = window.maxFutureMs > 0 ? now + window.maxFutureMs : Number.POSITIVE_INFINITY;
+  let last = "";
+  for (const r of readings) {
+    if (r.ts === last) continue; // a poll cycle's readings share one timestamp
+    last = r.ts;
+    const t = Date.parse(r.ts);
+    if (t > latest)
+      return `${r.point}: ts ${r.ts} is ${formatSpan(t - now)} ahead of the ingest's clock (limit ${formatSpan(window.maxFutureMs)}; check the gateway's clock)`;
+    if (t < window.minTimeMs)
+      return `${r.point}: ts ${r.ts} is before ${new Date(window.minTimeMs).toISOString()} (check the gateway's clock)`;
+  }
+  return undefined;
+}
+
+function formatSpan(ms: number): string {
+  const s = Math.round(ms / 1000);
+  if (s < 120) return `${s} s`;
+  if (s < 7200) return `${Math.round(s / 60)} min`;
+  if (s < 172_800) return `${Math.round(s / 3600)} h`;
+  return `${Math.round(s / 86_400)} days`;
+}
+
 function invalid(errors: string[]): IngestOp {
   return { kind: "dead_letter", error: errors.join("; ") };
 }
 
-export function classify(topic: string, payload: Buffer, base: string): IngestOp {
+export function classify(
+  topic: string,
+  payload: Buffer,
+  base: string,
+  window: TimeWindow = DEFAULT_TIME_WINDOW,
+  now: number = Date.now(),
+): IngestOp {
   const parsed = parseTopic(topic, base);
   if ("error" in parsed) return { kind: "dead_letter", error: `topic: ${parsed.error}` };
   // An empty retained payload clears broker state (a removed device); there is nothing to store.
@@ -53,6 +103,8 @@ export function classify(topic: string, payload: Buffer, base: string): IngestOp
           if (typeof r.value === "number" && !Number.isFinite(r.value))
             return invalid([`${r.point}: value is not finite`]);
         }
+        const odd = implausibleTime(v.value.readings, window, now);
+        if (odd) return invalid([odd]);
         return { kind: "readings", gateway, device, payload: v.value };
       }
       case "meta": {

@@ -16,7 +16,7 @@ import type pg from "pg";
 import { CodedError, errorMessage } from "../common/errors.ts";
 import { createLogger, type Logger } from "../common/logger.ts";
 import { Filters } from "../contract/index.ts";
-import { classify } from "./messages.ts";
+import { classify, DEFAULT_TIME_WINDOW, type TimeWindow } from "./messages.ts";
 import { IngestMetrics } from "./metrics.ts";
 import type { Dialect } from "./migrations/index.ts";
 import { runPortableRetention } from "./policies.ts";
@@ -50,6 +50,8 @@ export interface IngestOptions {
   concurrency?: number;
   /** Send readings with COPY when the batch holds only new rows (default auto: not on PGlite). */
   copy?: CopyMode;
+  /** Readings outside this window of plausible timestamps become dead letters (messages.ts). */
+  timeWindow?: Partial<TimeWindow>;
 }
 
 interface Pending extends Envelope {
@@ -72,6 +74,7 @@ export class IngestService {
   private readonly log: Logger;
   private readonly writer: BatchWriter;
   private readonly base: string;
+  private readonly timeWindow: TimeWindow;
   private readonly batchSize: number;
   private readonly batchWaitMs: number;
   private readonly maxPending: number;
@@ -100,6 +103,7 @@ export class IngestService {
     this.metrics = opts.metrics ?? new IngestMetrics();
     this.writer = new BatchWriter(opts.pool, opts.dialect, this.log, opts.copy);
     this.base = opts.baseTopic ?? "bacmqtt";
+    this.timeWindow = { ...DEFAULT_TIME_WINDOW, ...opts.timeWindow };
     this.batchSize = opts.batchSize ?? 20_000;
     const poolMax = (opts.pool as unknown as { options?: { max?: number } }).options?.max ?? 10;
     this.concurrency = Math.max(1, Math.min(opts.concurrency ?? 2, poolMax));
@@ -221,7 +225,7 @@ export class IngestService {
       return;
     }
     const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
-    const op = classify(packet.topic, payload, this.base);
+    const op = classify(packet.topic, payload, this.base, this.timeWindow);
     this.metrics.messages.inc({ kind: op.kind });
     const readings = op.kind === "readings" ? op.payload.readings.length : 0;
     if (readings) this.metrics.readingsReceived.inc(readings);

@@ -11,6 +11,28 @@ const readings = {
 };
 
 describe("classify", () => {
+  it("checks reading timestamps against the plausible window, and not when a side is off", () => {
+    const at = (ts: string) => buf({ ...readings, readings: [{ ...readings.readings[0], ts }] });
+    const now = Date.parse("2026-11-27T08:00:00.000Z");
+    const window = { maxFutureMs: 3600_000, minTimeMs: Date.UTC(2000, 0, 1) };
+    const kind = (ts: string, w = window) =>
+      classify("bacmqtt/gw1/1001/readings", at(ts), "bacmqtt", w, now).kind;
+    expect(kind("2026-11-27T08:59:59.000Z")).toBe("readings");
+    expect(kind("2026-11-27T09:00:01.000Z")).toBe("dead_letter");
+    expect(kind("2000-01-01T00:00:00.000Z")).toBe("readings");
+    expect(kind("1999-12-31T23:59:59.999Z")).toBe("dead_letter");
+    const off = { maxFutureMs: 0, minTimeMs: Number.NEGATIVE_INFINITY };
+    expect(kind("2099-01-01T00:00:00.000Z", off)).toBe("readings");
+    expect(kind("1970-01-01T00:00:00.000Z", off)).toBe("readings");
+    // The defaults: one day ahead, nothing before 2000.
+    expect(
+      classify("bacmqtt/gw1/1001/readings", at("2026-11-28T07:59:00.000Z"), "bacmqtt", undefined, now).kind,
+    ).toBe("readings");
+    expect(
+      classify("bacmqtt/gw1/1001/readings", at("2026-11-28T08:01:00.000Z"), "bacmqtt", undefined, now).kind,
+    ).toBe("dead_letter");
+  });
+
   it("accepts a valid readings message and names gateway and device from the topic", () => {
     const op = classify("bacmqtt/gw1/1001/readings", buf(readings), "bacmqtt");
     expect(op).toMatchObject({ kind: "readings", gateway: "gw1", device: 1001 });
