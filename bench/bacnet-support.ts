@@ -37,15 +37,19 @@ export async function startDevices(
 // biome-ignore lint/suspicious/noExplicitAny: the library's class under native ESM lives on `.default`
 type LibClient = any;
 
-/** The stock @bacnet-js/client, bound to loopback on a free port: the baseline of every row. */
-export function libraryClient(): LibClient {
+/**
+ * The stock @bacnet-js/client, bound to loopback on a free port: the baseline of every row.
+ * `apduTimeoutMs` is the library's own request timeout (its default, 3,000 ms, unless a row needs
+ * otherwise and says why).
+ */
+export function libraryClient(options: { apduTimeoutMs?: number } = {}): LibClient {
   // biome-ignore lint/suspicious/noExplicitAny: see LibClient
   const Ctor = ((BacnetModule as any).default ?? BacnetModule) as new (o: object) => LibClient;
   const c = new Ctor({
     port: 0,
     interface: "127.0.0.1",
     broadcastAddress: "127.255.255.255",
-    apduTimeout: 3000,
+    apduTimeout: options.apduTimeoutMs ?? 3000,
     reuseAddr: false,
   });
   c.on("error", () => {});
