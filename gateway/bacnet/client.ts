@@ -9,7 +9,6 @@ import type { Logger } from "../../common/logger.ts";
 import {
   Bvlc,
   type CovData,
-  confirmedHeader,
   type Decoded,
   DecodeError,
   type Destination,
@@ -32,6 +31,7 @@ import {
   segmentAck,
   simpleAck,
   unconfirmedHeader,
+  writeConfirmedHeader,
 } from "./codec.ts";
 import {
   abortFrom,
@@ -102,6 +102,8 @@ interface Pending {
 interface IdSpace {
   next: number;
   used: Set<number>;
+  /** The request in flight under each invoke id of this peer: replies are matched here. */
+  slots: (Pending | undefined)[];
   /** Ids whose request timed out: a late answer must not reach the next request with that id. */
   quarantine: Map<number, number>;
   waiters: (() => void)[];
@@ -118,7 +120,8 @@ export class BacnetClient extends EventEmitter {
   private readonly opts: ClientOptions;
   private socket?: Socket;
   private bsocket?: Socket;
-  private readonly pending = new Map<string, Pending>();
+  /** Every request in flight (for stop, stats and network rejects); replies go through `ids`. */
+  private readonly pending = new Set<Pending>();
   private readonly ids = new Map<string, IdSpace>();
   private readonly global: Limiter;
   private readonly perPeer = new Map<string, Limiter>();
@@ -198,7 +201,7 @@ export class BacnetClient extends EventEmitter {
     if (this.closed) return;
     this.closed = true;
     if (this.bbmd?.timer) clearTimeout(this.bbmd.timer);
-    for (const p of this.pending.values()) {
+    for (const p of [...this.pending]) {
       if (p.timer) clearTimeout(p.timer);
       p.reject(new BacnetError(GW_ERR.STOPPED, "BACnet endpoint stopped", "local"));
     }
@@ -318,28 +321,43 @@ export class BacnetClient extends EventEmitter {
   private idSpace(key: string): IdSpace {
     let s = this.ids.get(key);
     if (!s) {
-      s = { next: Math.floor(Math.random() * 256), used: new Set(), quarantine: new Map(), waiters: [] };
+      s = {
+        next: Math.floor(Math.random() * 256),
+        used: new Set(),
+        slots: new Array(256).fill(undefined),
+        quarantine: new Map(),
+        waiters: [],
+      };
       this.ids.set(key, s);
     }
     return s;
   }
 
-  private async allocateId(key: string): Promise<number> {
-    const s = this.idSpace(key);
-    for (let round = 0; ; round++) {
-      const now = Date.now();
-      for (let i = 0; i < 256; i++) {
-        const id = (s.next + i) & 0xff;
-        if (s.used.has(id)) continue;
+  /** A free invoke id of this peer (never one in flight or quarantined), or −1 if all are taken. */
+  private tryAllocateId(s: IdSpace): number {
+    const now = s.quarantine.size > 0 ? Date.now() : 0;
+    for (let i = 0; i < 256; i++) {
+      const id = (s.next + i) & 0xff;
+      if (s.used.has(id)) continue;
+      if (now !== 0) {
         const q = s.quarantine.get(id);
         if (q !== undefined) {
           if (q > now) continue;
           s.quarantine.delete(id);
         }
-        s.used.add(id);
-        s.next = (id + 1) & 0xff;
-        return id;
       }
+      s.used.add(id);
+      s.next = (id + 1) & 0xff;
+      return id;
+    }
+    return -1;
+  }
+
+  private async allocateId(key: string): Promise<number> {
+    const s = this.idSpace(key);
+    for (let round = 0; ; round++) {
+      const id = this.tryAllocateId(s);
+      if (id >= 0) return id;
       if (this.closed) throw new BacnetError(GW_ERR.STOPPED, "BACnet endpoint stopped", "local");
       // All 256 ids of this peer are busy: wait for one rather than reuse one (that is the bug we avoid).
       await new Promise<void>((r) => {
@@ -384,16 +402,20 @@ export class BacnetClient extends EventEmitter {
     const key = peerKey(dest.ip, dest.port, dest.network, dest.mac);
     const peer = this.peerLimiter(key);
     const stopped = () => new BacnetError(GW_ERR.STOPPED, "BACnet endpoint stopped", "local");
+    // A free slot and a free id are taken without awaiting (no promise per step); otherwise wait.
     // A limiter only rejects when it is closed, i.e. when the endpoint stops.
-    await peer.acquire().catch(() => {
-      throw stopped();
-    });
-    try {
-      await this.global.acquire().catch(() => {
+    if (!peer.tryAcquire())
+      await peer.acquire().catch(() => {
         throw stopped();
       });
+    try {
+      if (!this.global.tryAcquire())
+        await this.global.acquire().catch(() => {
+          throw stopped();
+        });
       try {
-        const invokeId = await this.allocateId(key);
+        let invokeId = this.tryAllocateId(this.idSpace(key));
+        if (invokeId < 0) invokeId = await this.allocateId(key);
         return await this.transact(key, invokeId, dest, service, body, options);
       } finally {
         this.global.release();
@@ -412,14 +434,21 @@ export class BacnetClient extends EventEmitter {
     options: { label?: string; timeoutMs?: number; retries?: number; maxApdu?: number },
   ): Promise<{ service: number; body: Buffer }> {
     this.counters.requests++;
-    // One allocation for the whole datagram: this is the hot path of polling.
-    const npdu = encodeNpdu(dest, true);
-    const head = confirmedHeader(invokeId, service, 1476);
-    const datagram = Buffer.concat(
-      [BVLL_UNICAST_HEAD, npdu, head, body],
-      4 + npdu.length + head.length + body.length,
-    );
-    datagram.writeUInt16BE(datagram.length, 2);
+    // One allocation for the whole datagram, written in place: this is the hot path of polling.
+    const routed = dest.network != null && dest.network !== 0;
+    const npdu = routed ? encodeNpdu(dest, true) : undefined;
+    const npduLength = npdu ? npdu.length : 2;
+    const length = 4 + npduLength + 4 + body.length;
+    const datagram = Buffer.allocUnsafe(length);
+    BVLL_UNICAST_HEAD.copy(datagram, 0);
+    datagram.writeUInt16BE(length, 2);
+    if (npdu) npdu.copy(datagram, 4);
+    else {
+      datagram[4] = 0x01; // version
+      datagram[5] = 0x04; // expecting reply, no DNET
+    }
+    writeConfirmedHeader(datagram, 4 + npduLength, invokeId, service, 1476);
+    body.copy(datagram, 8 + npduLength);
     return new Promise((resolve, reject) => {
       const p: Pending = {
         key,
@@ -440,7 +469,8 @@ export class BacnetClient extends EventEmitter {
           reject(e);
         },
       };
-      this.pending.set(`${key}#${invokeId}`, p);
+      this.pending.add(p);
+      this.idSpace(key).slots[invokeId] = p;
       this.attempt(p);
     });
   }
@@ -448,7 +478,7 @@ export class BacnetClient extends EventEmitter {
   /** Only from the node the requests were sent to: anyone else cannot speak for that route. */
   private onNetworkReject(ip: string, port: number, reason: number, network: number): void {
     this.counters.networkRejects++;
-    const hit = [...this.pending.values()].filter(
+    const hit = [...this.pending].filter(
       (p) => p.dest.ip === ip && p.dest.port === port && p.dest.network === network,
     );
     for (const p of hit) p.reject(networkRejectFrom(`${ip}:${port}`, network, reason));
@@ -457,7 +487,9 @@ export class BacnetClient extends EventEmitter {
   private finish(p: Pending, timedOut: boolean): void {
     if (p.timer) clearTimeout(p.timer);
     p.timer = undefined;
-    if (this.pending.get(`${p.key}#${p.invokeId}`) === p) this.pending.delete(`${p.key}#${p.invokeId}`);
+    this.pending.delete(p);
+    const s = this.ids.get(p.key);
+    if (s?.slots[p.invokeId] === p) s.slots[p.invokeId] = undefined;
     this.releaseId(p.key, p.invokeId, timedOut);
   }
 
@@ -531,7 +563,7 @@ export class BacnetClient extends EventEmitter {
         break;
     }
     const key = peerKey(d.ip, d.port, network, mac);
-    const p = this.pending.get(`${key}#${apdu.invokeId}`);
+    const p = this.ids.get(key)?.slots[apdu.invokeId];
     if (!p) {
       this.counters.lateOrUnmatched++;
       return;
@@ -544,7 +576,8 @@ export class BacnetClient extends EventEmitter {
       case Pdu.COMPLEX_ACK:
         if (apdu.service !== p.service) return void this.counters.lateOrUnmatched++;
         if (!apdu.segmented) {
-          p.resolve({ service: apdu.service, body: Buffer.from(apdu.body) });
+          // No copy: every datagram from dgram has its own memory, nothing reuses it after us.
+          p.resolve({ service: apdu.service, body: apdu.body });
           return;
         }
         this.onSegment(p, apdu.seq, apdu.window, apdu.moreFollows, apdu.body);

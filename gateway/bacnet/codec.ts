@@ -230,7 +230,23 @@ export function maxApduFromCode(code: number): number {
 
 /** Confirmed-Request header; we always accept segmented responses, with more than 64 segments. */
 export function confirmedHeader(invokeId: number, service: number, maxApdu = 1476): Buffer {
-  return Buffer.from([Pdu.CONFIRMED_REQUEST | 0x02, 0x70 | maxApduCode(maxApdu), invokeId & 0xff, service]);
+  const out = Buffer.alloc(4);
+  writeConfirmedHeader(out, 0, invokeId, service, maxApdu);
+  return out;
+}
+
+/** The 4-byte Confirmed-Request header written into `buf` at `offset` (no allocation). */
+export function writeConfirmedHeader(
+  buf: Buffer,
+  offset: number,
+  invokeId: number,
+  service: number,
+  maxApdu = 1476,
+): void {
+  buf[offset] = Pdu.CONFIRMED_REQUEST | 0x02;
+  buf[offset + 1] = 0x70 | maxApduCode(maxApdu);
+  buf[offset + 2] = invokeId & 0xff;
+  buf[offset + 3] = service;
 }
 
 export function unconfirmedHeader(service: number): Buffer {
@@ -547,6 +563,140 @@ export interface RpmResult {
 const ERROR_TAG = 105; // library's pseudo application tag for an in-place property access error
 
 export function decodeReadPropertyMultipleAck(body: Buffer): RpmResult[] {
+  return decodeRpmAckPrimitive(body) ?? decodeRpmAckLibrary(body);
+}
+
+/** Byte with its bit order reversed: BACnet bit strings start at the most significant bit. */
+const REVERSED = Uint8Array.from({ length: 256 }, (_, b) => {
+  let r = 0;
+  for (let i = 0; i < 8; i++) if (b & (1 << i)) r |= 0x80 >> i;
+  return r;
+});
+
+/**
+ * The polling fast path of the RPM ack: what a poll gets back (REAL, enumerated, unsigned, signed,
+ * boolean, null, short bit strings, per-property errors) decoded in one pass, without the
+ * library's intermediate objects: at thousands of replies a second those were a large part of the
+ * gateway's garbage. Anything else (strings, dates, constructed values, long or extended tags, a
+ * byte out of place) returns undefined and the caller decodes it with the library, so an input it
+ * accepts yields exactly what the library path yields (a test compares the two).
+ */
+export function decodeRpmAckPrimitive(b: Buffer): RpmResult[] | undefined {
+  const end = b.length;
+  const out: RpmResult[] = [];
+  let o = 0;
+  while (o < end) {
+    // Object identifier: context tag 0, length 4.
+    if (b[o] !== 0x0c || o + 6 > end) return undefined;
+    const oid = b.readUInt32BE(o + 1);
+    if (b[o + 5] !== 0x1e) return undefined; // opening tag 1: list of results
+    o += 6;
+    const properties: RpmResult["properties"] = [];
+    for (;;) {
+      if (o >= end) return undefined;
+      const t = b[o] as number;
+      if (t === 0x1f) {
+        o++;
+        break;
+      }
+      // Property identifier: context tag 2, length 1–4.
+      let n = t - 0x28;
+      if (n < 1 || n > 4 || o + 1 + n > end) return undefined;
+      const id = b.readUIntBE(o + 1, n);
+      o += 1 + n;
+      let index = ARRAY_ALL;
+      if (o < end && (b[o] as number) >= 0x39 && (b[o] as number) <= 0x3c) {
+        n = (b[o] as number) - 0x38;
+        if (o + 1 + n > end) return undefined;
+        index = b.readUIntBE(o + 1, n);
+        o += 1 + n;
+      }
+      if (o >= end) return undefined;
+      if (b[o] === 0x5e) {
+        // Property access error: error class and code, both enumerated (length 1–4).
+        o++;
+        const c = enumAt(b, o);
+        if (c < 0) return undefined;
+        o += 1 + (c & 7);
+        const e = enumAt(b, o);
+        if (e < 0) return undefined;
+        o += 1 + (e & 7);
+        if (o >= end || b[o] !== 0x5f) return undefined;
+        o++;
+        properties.push({
+          id,
+          index,
+          values: [],
+          error: { errorClass: Math.floor(c / 8), errorCode: Math.floor(e / 8) },
+        });
+        continue;
+      }
+      if (b[o] !== 0x4e) return undefined; // opening tag 4: property value
+      o++;
+      const values: DecodedValue[] = [];
+      for (;;) {
+        if (o >= end) return undefined;
+        const tag = b[o] as number;
+        if (tag === 0x4f) {
+          o++;
+          break;
+        }
+        const type = tag >> 4;
+        const lv = tag & 0x0f;
+        // Context-specific, extended tag numbers or lengths (≥ 5), opening/closing: library path.
+        if (lv > 4 || o + 1 + lv > end) return undefined;
+        const at = o + 1;
+        switch (type) {
+          case Tag.NULL:
+            if (lv !== 0) return undefined;
+            values.push({ type, value: null });
+            break;
+          case Tag.BOOLEAN:
+            values.push({ type, value: lv > 0 });
+            o = at;
+            continue;
+          case Tag.UNSIGNED:
+          case Tag.ENUMERATED:
+            values.push({ type, value: lv === 0 ? 0 : b.readUIntBE(at, lv) });
+            break;
+          case Tag.SIGNED:
+            if (lv === 0) return undefined;
+            values.push({ type, value: b.readIntBE(at, lv) });
+            break;
+          case Tag.REAL:
+            if (lv !== 4) return undefined;
+            values.push({ type, value: b.readFloatBE(at) });
+            break;
+          case Tag.BIT_STRING: {
+            if (lv === 0) return undefined;
+            const bytes: number[] = [];
+            for (let i = 1; i < lv; i++) bytes.push(REVERSED[b[at + i] as number] as number);
+            values.push({ type, value: { value: bytes, bitsUsed: (lv - 1) * 8 - ((b[at] as number) & 7) } });
+            break;
+          }
+          default:
+            return undefined;
+        }
+        o = at + lv;
+      }
+      properties.push({ id, index, values });
+    }
+    out.push({ object: { type: (oid >>> 22) & 0x3ff, instance: oid & 0x3fffff }, properties });
+  }
+  return out;
+}
+
+/** An application-tagged enumerated at `o` as value × 8 + length, or −1 if it is not one. */
+function enumAt(b: Buffer, o: number): number {
+  if (o >= b.length) return -1;
+  const t = b[o] as number;
+  const n = t - 0x90;
+  if (n < 1 || n > 4 || o + 1 + n > b.length) return -1;
+  return b.readUIntBE(o + 1, n) * 8 + n;
+}
+
+/** The RPM ack through the library's decoder: every form the standard allows. */
+export function decodeRpmAckLibrary(body: Buffer): RpmResult[] {
   const r = safeDecode(() => ReadPropertyMultiple.decodeAcknowledge(body, 0, body.length));
   if (r.len > body.length) throw new DecodeError("truncated RPM ack");
   return (

@@ -28,6 +28,7 @@ import {
   type ObjectRef,
   type PropertyRef,
   parseHostPort,
+  type RpmResult,
   Service,
 } from "./codec.ts";
 import { BacnetError, bacnetErrorFrom, codeOf, GW_ERR, unreached } from "./errors.ts";
@@ -125,6 +126,28 @@ interface Managed {
 type Availability = "unknown" | "online" | "offline";
 
 type PropResult = { values: DecodedValue[]; error?: undefined } | { values?: undefined; error: BacnetError };
+
+type Spec = { object: ObjectRef; properties: PropertyRef[] };
+
+/**
+ * One point list's poll, prepared once and reused every cycle: the scheduler asks a device for the
+ * same points again and again, so names are parsed, RPM batches sized and request bodies encoded
+ * only when the list, the device's address record or its max APDU changes.
+ */
+interface PollPlan {
+  k: Known;
+  maxApdu: number;
+  points: string[];
+  /** Names that are not point ids: reported as bad readings without asking the device. */
+  unknown: string[];
+  objs: { point: string; object: ObjectRef }[];
+  specs: Spec[];
+  /** RPM batches: consecutive runs of `specs` starting at `first`, with their encoded request. */
+  batches: { first: number; specs: Spec[]; body: Buffer; label: string }[];
+}
+
+/** What a poll asks of every point (shared: nothing mutates a spec's property list). */
+const POLL_PROPERTIES: PropertyRef[] = [{ id: Prop.PRESENT_VALUE }, { id: Prop.STATUS_FLAGS }];
 
 const DEFAULTS = {
   port: 47808,
@@ -505,22 +528,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
   ): Promise<Map<string, PropResult>> {
     const out = new Map<string, PropResult>();
     if (k.rpm !== false) {
-      const budget = Math.max(100, Math.min(k.device.maxApdu || 480, 1476) - 40);
-      const batches: { object: ObjectRef; properties: PropertyRef[] }[][] = [];
-      let cur: { object: ObjectRef; properties: PropertyRef[] }[] = [];
-      let size = 0;
-      for (const s of specs) {
-        // Per object: object id (5) + opening/closing tags (2); per property: id (2) + tags (2) + value.
-        const cost = 7 + s.properties.reduce((a, p) => a + 4 + estimate(p), 0);
-        if (cur.length > 0 && size + cost > budget) {
-          batches.push(cur);
-          cur = [];
-          size = 0;
-        }
-        cur.push(s);
-        size += cost;
-      }
-      if (cur.length) batches.push(cur);
+      const batches = planBatches(k, specs);
       let firstError: unknown;
       await Promise.all(
         batches.map(async (b) => {
@@ -554,11 +562,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
     }
   }
 
-  private async rpmBatch(
-    k: Known,
-    batch: { object: ObjectRef; properties: PropertyRef[] }[],
-    out: Map<string, PropResult>,
-  ): Promise<void> {
+  private async rpmBatch(k: Known, batch: Spec[], out: Map<string, PropResult>): Promise<void> {
     if (k.rpm === false) return;
     try {
       const r = await this.c().request(
@@ -571,54 +575,76 @@ export class Engine extends EventEmitter implements BacnetEngine {
       );
       const results = decodeReadPropertyMultipleAck(r.body);
       k.rpm = true;
-      for (const o of results) {
-        for (const p of o.properties) {
-          const key = resKey(o.object, { id: p.id, index: p.index });
-          if (p.error) {
-            out.set(key, { error: bacnetErrorFrom(p.error.errorClass, p.error.errorCode) });
-          } else out.set(key, { values: p.values });
-        }
-      }
-      // Anything asked but not answered (a device that silently skips) is read singly.
-      for (const s of batch)
-        for (const p of s.properties)
-          if (!out.has(resKey(s.object, p))) await this.rpOne(k, s.object, p, out);
+      await this.absorbRpm(k, batch, results, out);
     } catch (err) {
-      const e = err as BacnetError;
-      if (e.code === GW_ERR.SERVICE_NOT_SUPPORTED || (e.kind === "reject" && e.reason === 9)) {
-        k.rpm = false;
-        this.log.info(
-          { device: k.device.deviceInstance },
-          "ReadPropertyMultiple not supported; using ReadProperty",
-        );
-        return;
-      }
-      const tooBig =
-        e.code === GW_ERR.SEGMENTATION_NOT_SUPPORTED ||
-        e.code === GW_ERR.BUFFER_OVERFLOW ||
-        e.kind === "reject";
-      if (tooBig) {
-        const props = batch.reduce((a, s) => a + s.properties.length, 0);
-        if (props <= 1) {
-          for (const s of batch) for (const p of s.properties) await this.rpOne(k, s.object, p, out);
-          return;
-        }
-        // Shrink: split objects in half, or a single object's property list in half.
-        let halves: { object: ObjectRef; properties: PropertyRef[] }[][];
-        if (batch.length > 1) halves = [batch.slice(0, batch.length >> 1), batch.slice(batch.length >> 1)];
-        else {
-          const s = batch[0] as { object: ObjectRef; properties: PropertyRef[] };
-          const m = s.properties.length >> 1;
-          halves = [
-            [{ object: s.object, properties: s.properties.slice(0, m) }],
-            [{ object: s.object, properties: s.properties.slice(m) }],
-          ];
-        }
-        for (const h of halves) await this.rpmBatch(k, h, out);
-        return;
-      }
-      throw err;
+      await this.rpmFailed(k, batch, err, out);
     }
+  }
+
+  /** An RPM answer into `out` by key; anything asked but not answered is read singly. */
+  private async absorbRpm(
+    k: Known,
+    batch: Spec[],
+    results: ReturnType<typeof decodeReadPropertyMultipleAck>,
+    out: Map<string, PropResult>,
+  ): Promise<void> {
+    for (const o of results) {
+      for (const p of o.properties) {
+        const key = resKey(o.object, { id: p.id, index: p.index });
+        if (p.error) {
+          out.set(key, { error: bacnetErrorFrom(p.error.errorClass, p.error.errorCode) });
+        } else out.set(key, { values: p.values });
+      }
+    }
+    // A device that silently skips some.
+    for (const s of batch)
+      for (const p of s.properties) if (!out.has(resKey(s.object, p))) await this.rpOne(k, s.object, p, out);
+  }
+
+  /**
+   * A failed RPM batch: no RPM at this device (→ ReadProperty), an answer too big (→ halves), or
+   * anything else, which is thrown on.
+   */
+  private async rpmFailed(
+    k: Known,
+    batch: Spec[],
+    err: unknown,
+    out: Map<string, PropResult>,
+  ): Promise<void> {
+    const e = err as BacnetError;
+    if (e.code === GW_ERR.SERVICE_NOT_SUPPORTED || (e.kind === "reject" && e.reason === 9)) {
+      k.rpm = false;
+      this.log.info(
+        { device: k.device.deviceInstance },
+        "ReadPropertyMultiple not supported; using ReadProperty",
+      );
+      return;
+    }
+    const tooBig =
+      e.code === GW_ERR.SEGMENTATION_NOT_SUPPORTED ||
+      e.code === GW_ERR.BUFFER_OVERFLOW ||
+      e.kind === "reject";
+    if (tooBig) {
+      const props = batch.reduce((a, s) => a + s.properties.length, 0);
+      if (props <= 1) {
+        for (const s of batch) for (const p of s.properties) await this.rpOne(k, s.object, p, out);
+        return;
+      }
+      // Shrink: split objects in half, or a single object's property list in half.
+      let halves: { object: ObjectRef; properties: PropertyRef[] }[][];
+      if (batch.length > 1) halves = [batch.slice(0, batch.length >> 1), batch.slice(batch.length >> 1)];
+      else {
+        const s = batch[0] as { object: ObjectRef; properties: PropertyRef[] };
+        const m = s.properties.length >> 1;
+        halves = [
+          [{ object: s.object, properties: s.properties.slice(0, m) }],
+          [{ object: s.object, properties: s.properties.slice(m) }],
+        ];
+      }
+      for (const h of halves) await this.rpmBatch(k, h, out);
+      return;
+    }
+    throw err;
   }
 
   // ---- catalogue ----------------------------------------------------------------------------
@@ -814,25 +840,87 @@ export class Engine extends EventEmitter implements BacnetEngine {
 
   async readPoints(device: number, points: string[]): Promise<ReadingPayload[]> {
     const k = this.knownOrThrow(device);
+    return this.readPlan(this.pollPlan(k, points));
+  }
+
+  private pollPlan(k: Known, points: string[]): PollPlan {
+    const unknown: string[] = [];
     const objs: { point: string; object: ObjectRef }[] = [];
-    const ts = new Date().toISOString();
-    const out: ReadingPayload[] = [];
     for (const p of points) {
       const parsed = this.parsePoint(p);
-      if (!parsed) out.push({ point: p, value: null, ts, quality: "bad", error: GW_ERR.POINT_UNKNOWN });
+      if (!parsed) unknown.push(p);
       else objs.push({ point: p, object: { type: parsed.objectType, instance: parsed.instance } });
     }
-    const res = await this.readMany(
+    const specs = objs.map((o) => ({ object: o.object, properties: POLL_PROPERTIES }));
+    const plan: PollPlan = {
       k,
-      objs.map((o) => ({
-        object: o.object,
-        properties: [{ id: Prop.PRESENT_VALUE }, { id: Prop.STATUS_FLAGS }],
-      })),
-    );
+      maxApdu: k.device.maxApdu,
+      points: [...points],
+      unknown,
+      objs,
+      specs,
+      batches: [],
+    };
+    this.planRequests(plan);
+    return plan;
+  }
+
+  private planRequests(plan: PollPlan): void {
+    const k = plan.k;
+    plan.maxApdu = k.device.maxApdu;
+    let first = 0;
+    plan.batches = planBatches(k, plan.specs).map((b) => {
+      const batch = {
+        first,
+        specs: b,
+        body: encodeReadPropertyMultiple(b),
+        label: `ReadPropertyMultiple (${b.length} objects) @${k.device.deviceInstance}`,
+      };
+      first += b.length;
+      return batch;
+    });
+  }
+
+  /** readPoints on a prepared plan: PV + status flags of each point, errors as readings. */
+  private async readPlan(plan: PollPlan): Promise<ReadingPayload[]> {
+    const k = plan.k;
+    const ts = new Date().toISOString();
+    const out: ReadingPayload[] = [];
+    for (const p of plan.unknown)
+      out.push({ point: p, value: null, ts, quality: "bad", error: GW_ERR.POINT_UNKNOWN });
+    const objs = plan.objs;
+    // Present value of objs[i] at 2i, its status flags at 2i + 1.
+    const res: (PropResult | undefined)[] = new Array(objs.length * 2);
+    if (objs.length > 0 && k.rpm !== false) {
+      if (plan.maxApdu !== k.device.maxApdu) this.planRequests(plan);
+      let firstError: unknown;
+      if (plan.batches.length === 1) {
+        try {
+          await this.pollBatch(plan, plan.batches[0] as PollPlan["batches"][number], res);
+        } catch (err) {
+          firstError = err;
+        }
+      } else
+        await Promise.all(
+          plan.batches.map((b) =>
+            this.pollBatch(plan, b, res).catch((err: unknown) => {
+              firstError ??= err;
+            }),
+          ),
+        );
+      if (firstError) throw firstError;
+    }
+    if (objs.length > 0 && k.rpm === false) {
+      // As readMany: no RPM (known before, or learnt just now) means everything by ReadProperty.
+      const m = new Map<string, PropResult>();
+      await Promise.all(plan.specs.flatMap((s) => s.properties.map((p) => this.rpOne(k, s.object, p, m))));
+      fillResults(plan.specs, 0, m, res);
+    }
     const now = new Date().toISOString();
-    for (const o of objs) {
-      const pv = res.get(resKey(o.object, { id: Prop.PRESENT_VALUE }));
-      const sf = res.get(resKey(o.object, { id: Prop.STATUS_FLAGS }));
+    for (let i = 0; i < objs.length; i++) {
+      const o = objs[i] as PollPlan["objs"][number];
+      const pv = res[2 * i];
+      const sf = res[2 * i + 1];
       if (!pv || pv.error) {
         const err = pv?.error ?? new BacnetError(GW_ERR.MALFORMED_REPLY, "no value", "malformed");
         this.countError(err);
@@ -857,6 +945,31 @@ export class Engine extends EventEmitter implements BacnetEngine {
     }
     this.countReads(objs.length);
     return out;
+  }
+
+  /**
+   * One RPM batch of a poll plan. The common answer (every object in the order asked, PV then
+   * status flags) goes straight into its slots; anything else takes the keyed path of rpmBatch,
+   * with the same fallbacks (ReadProperty, smaller batches, single reads of what is missing).
+   */
+  private async pollBatch(
+    plan: PollPlan,
+    b: PollPlan["batches"][number],
+    res: (PropResult | undefined)[],
+  ): Promise<void> {
+    const k = plan.k;
+    if (k.rpm === false) return;
+    const byKey = new Map<string, PropResult>();
+    try {
+      const r = await this.c().request(k.dest, Service.READ_PROPERTY_MULTIPLE, b.body, { label: b.label });
+      const results = decodeReadPropertyMultipleAck(r.body);
+      k.rpm = true;
+      if (placeInOrder(results, b.specs, b.first, res)) return;
+      await this.absorbRpm(k, b.specs, results, byKey);
+    } catch (err) {
+      await this.rpmFailed(k, b.specs, err, byKey);
+    }
+    fillResults(b.specs, b.first, byKey, res);
   }
 
   // ---- scheduler + availability -------------------------------------------------------------
@@ -999,6 +1112,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
       groups.set(s, [...(groups.get(s) ?? []), p]);
     }
     for (const [intervalS, points] of groups) {
+      let plan: PollPlan | undefined;
       const tick = async () => {
         m.pollTimers.delete(intervalS);
         if (m.stopped) return;
@@ -1006,10 +1120,12 @@ export class Engine extends EventEmitter implements BacnetEngine {
         // or schedule the next one an hour late (backwards).
         const started = performance.now();
         // Points delivered by a live COV subscription are not polled.
-        const due = points.filter((p) => !m.covs.get(p)?.active);
+        const due = m.covs.size === 0 ? points : points.filter((p) => !m.covs.get(p)?.active);
         if (m.state !== "offline" && due.length > 0) {
           try {
-            const readings = await this.readPoints(m.cat.deviceInstance, due);
+            const k = this.knownOrThrow(m.cat.deviceInstance);
+            if (!plan || plan.k !== k || !sameList(plan.points, due)) plan = this.pollPlan(k, due);
+            const readings = await this.readPlan(plan);
             this.heard(m, "answered poll");
             if (!m.stopped && readings.length) this.emit("readings", m.cat.deviceInstance, readings, "poll");
           } catch (err) {
@@ -1480,6 +1596,80 @@ function pointMeta(o: ObjectRef, res: Map<string, PropResult>): PointMetaPayload
     inactive_text: s(Prop.INACTIVE_TEXT),
     cov_increment: n(Prop.COV_INCREMENT),
   };
+}
+
+/** RPM batches sized to the device's max APDU (segmentation is not relied on for polling). */
+function planBatches(k: Known, specs: Spec[]): Spec[][] {
+  const budget = Math.max(100, Math.min(k.device.maxApdu || 480, 1476) - 40);
+  const batches: Spec[][] = [];
+  let cur: Spec[] = [];
+  let size = 0;
+  for (const s of specs) {
+    // Per object: object id (5) + opening/closing tags (2); per property: id (2) + tags (2) + value.
+    let cost = 7;
+    for (const p of s.properties) cost += 4 + estimate(p);
+    if (cur.length > 0 && size + cost > budget) {
+      batches.push(cur);
+      cur = [];
+      size = 0;
+    }
+    cur.push(s);
+    size += cost;
+  }
+  if (cur.length) batches.push(cur);
+  return batches;
+}
+
+/**
+ * An RPM answer that lists exactly the objects asked, in order, each with exactly the properties
+ * asked, in order and without array index, goes into `res` by position (no per-property keys).
+ * Returns false, leaving `res` untouched, for any other answer.
+ */
+function placeInOrder(
+  results: RpmResult[],
+  specs: Spec[],
+  first: number,
+  res: (PropResult | undefined)[],
+): boolean {
+  if (results.length !== specs.length) return false;
+  for (let i = 0; i < specs.length; i++) {
+    const r = results[i] as RpmResult;
+    const s = specs[i] as Spec;
+    if (r.object.type !== s.object.type || r.object.instance !== s.object.instance) return false;
+    if (r.properties.length !== s.properties.length) return false;
+    for (let j = 0; j < s.properties.length; j++) {
+      const got = r.properties[j] as RpmResult["properties"][number];
+      const asked = s.properties[j] as PropertyRef;
+      if (got.id !== asked.id || got.index !== (asked.index ?? ARRAY_ALL)) return false;
+    }
+  }
+  let slot = 2 * first;
+  for (const r of results)
+    for (const p of r.properties)
+      res[slot++] = p.error
+        ? { error: bacnetErrorFrom(p.error.errorClass, p.error.errorCode) }
+        : { values: p.values };
+  return true;
+}
+
+/** Present value and status flags of `specs` (starting at `first`) from a keyed result map. */
+function fillResults(
+  specs: Spec[],
+  first: number,
+  m: Map<string, PropResult>,
+  res: (PropResult | undefined)[],
+): void {
+  for (let i = 0; i < specs.length; i++) {
+    const o = (specs[i] as Spec).object;
+    res[2 * (first + i)] = m.get(resKey(o, { id: Prop.PRESENT_VALUE }));
+    res[2 * (first + i) + 1] = m.get(resKey(o, { id: Prop.STATUS_FLAGS }));
+  }
+}
+
+function sameList(a: string[], b: string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 function addrOf(d: DeviceAddress): DeviceAddress {

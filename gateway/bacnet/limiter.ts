@@ -19,6 +19,13 @@ export class Limiter {
     return this.queue.length;
   }
 
+  /** Takes a slot if one is free, without a promise: the common case on the polling hot path. */
+  tryAcquire(): boolean {
+    if (this.closed || this.active >= this.limit || this.queue.length > 0) return false;
+    this.active++;
+    return true;
+  }
+
   acquire(): Promise<void> {
     if (this.closed) return Promise.reject(new Error("limiter closed"));
     if (this.active < this.limit) {
