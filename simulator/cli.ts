@@ -105,6 +105,18 @@ A YAML/JSON --config file holds the same keys as startSimulator() (see docs/simu
       value: "MS",
       description: "Delay added to every reply",
     },
+    jitter: {
+      env: "BACMQTT_SIM_JITTER",
+      type: "string",
+      value: "MS",
+      description: "Random extra delay 0..MS per reply (replies arrive out of order)",
+    },
+    duplicate: {
+      env: "BACMQTT_SIM_DUPLICATE",
+      type: "string",
+      value: "P",
+      description: "Probability (0..1) that a reply is sent twice, the copy later",
+    },
     "change-interval": {
       env: "BACMQTT_SIM_CHANGE_INTERVAL",
       type: "string",

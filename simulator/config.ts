@@ -75,6 +75,14 @@ export function configFromOptions(values: OptionValues): SimulatorConfig {
   if (spread !== "address" && spread !== "port") problems.push(`--spread: expected "address" or "port"`);
   const maxApdu = intOption(values, "max-apdu", problems, { min: 50, max: 1476 });
   const latency = intOption(values, "latency", problems, { min: 0, max: 60_000 });
+  const jitter = intOption(values, "jitter", problems, { min: 0, max: 60_000 });
+  const dupText = stringOption(values, "duplicate");
+  let duplicate: number | undefined;
+  if (dupText !== undefined) {
+    duplicate = Number(dupText);
+    if (!(duplicate >= 0 && duplicate <= 1))
+      problems.push(`--duplicate: "${dupText}" is not a probability 0..1`);
+  }
   const change = intOption(values, "change-interval", problems, { min: 0, max: 86_400_000 });
   const lossText = stringOption(values, "loss");
   let loss: number | undefined;
@@ -92,6 +100,8 @@ export function configFromOptions(values: OptionValues): SimulatorConfig {
     ...(maxApdu !== undefined ? { maxApdu } : {}),
     ...(latency !== undefined ? { latencyMs: latency } : {}),
     ...(loss !== undefined ? { lossRate: loss } : {}),
+    ...(jitter !== undefined ? { jitterMs: jitter } : {}),
+    ...(duplicate !== undefined ? { duplicateRate: duplicate } : {}),
     ...(change !== undefined ? { changeIntervalMs: change } : {}),
   };
   const config: SimulatorConfig = file ? loadConfigFile(file) : {};

@@ -24,6 +24,8 @@ export interface NodeCounters {
   datagramsReceived: number;
   datagramsSent: number;
   sendErrors: number;
+  /** Datagrams sent twice by the duplicate impairment. */
+  duplicated: number;
   /** Exceptions other than DecodeError while handling a datagram: simulator bugs, never expected. */
   internalErrors: number;
 }
@@ -41,6 +43,12 @@ export interface NodeOptions {
 export interface Impairment {
   latencyMs: number;
   lossRate: number;
+  /** Extra random delay 0..jitterMs per datagram: replies overtake each other (reordering). */
+  jitterMs: number;
+  /** Probability that a datagram is sent twice, the copy later (a duplicating network or router). */
+  duplicateRate: number;
+  /** The copy comes 1..duplicateDelayMs after the original. */
+  duplicateDelayMs: number;
 }
 
 const frame = new Writer(2048);
@@ -281,7 +289,7 @@ export class BipNode implements DeviceTransport {
     });
     w.bytes(apdu);
     finishBvll(w);
-    this.transmit(w.take(), peer.ip, peer.port, imp.latencyMs);
+    this.transmitImpaired(w.take(), peer.ip, peer.port, imp);
   }
 
   broadcast(device: SimDevice, apdu: Buffer): boolean {
@@ -302,8 +310,21 @@ export class BipNode implements DeviceTransport {
     });
     w.bytes(apdu);
     finishBvll(w);
-    this.transmit(w.take(), bcast, this.boundPort, imp.latencyMs);
+    this.transmitImpaired(w.take(), bcast, this.boundPort, imp);
     return true;
+  }
+
+  /** Latency, jitter (reordering) and duplicates of a device's datagram. */
+  private transmitImpaired(datagram: Buffer, ip: string, port: number, imp: Impairment): void {
+    const rand = this.opts.rand;
+    const delay = imp.latencyMs + (imp.jitterMs > 0 ? Math.floor(rand() * imp.jitterMs) : 0);
+    this.transmit(datagram, ip, port, delay);
+    if (imp.duplicateRate > 0 && rand() < imp.duplicateRate) {
+      // The copy comes after the original, often after the requester has settled that request and
+      // moved on: a late copy must not pass for the answer to a newer request.
+      this.counters.duplicated++;
+      this.transmit(datagram, ip, port, delay + 1 + Math.floor(rand() * imp.duplicateDelayMs));
+    }
   }
 
   private transmit(datagram: Buffer, ip: string, port: number, latencyMs: number): void {

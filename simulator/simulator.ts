@@ -44,6 +44,12 @@ export interface SimDeviceConfig {
   latencyMs?: number;
   /** Drop probability (0..1) of every datagram the device receives or sends. */
   lossRate?: number;
+  /** Extra random delay 0..jitterMs per datagram the device sends: replies arrive out of order. */
+  jitterMs?: number;
+  /** Probability (0..1) that a datagram the device sends goes out twice, the copy later. */
+  duplicateRate?: number;
+  /** The copy comes 1..duplicateDelayMs ms after the original (default: jitterMs, at least 20). */
+  duplicateDelayMs?: number;
   /** How often inputs drift (default 1000; 0 = static). */
   changeIntervalMs?: number;
 }
@@ -88,6 +94,8 @@ export interface SimulatorStats {
   datagramsSent: number;
   /** Handler exceptions that were not malformed input (bugs); counted in `dropped` too. */
   internalErrors: number;
+  /** Datagrams sent twice (duplicateRate). */
+  duplicated: number;
   /** Requests received per second over the last full second. */
   requestRate: number;
 }
@@ -145,6 +153,9 @@ function deviceOptions(
 const impairment = (c: Omit<SimDeviceConfig, "address" | "port">): Impairment => ({
   latencyMs: c.latencyMs ?? 0,
   lossRate: c.lossRate ?? 0,
+  jitterMs: c.jitterMs ?? 0,
+  duplicateRate: c.duplicateRate ?? 0,
+  duplicateDelayMs: c.duplicateDelayMs ?? Math.max(c.jitterMs ?? 0, 20),
 });
 
 const IPV4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
@@ -173,6 +184,12 @@ export function validateSimulatorConfig(config: SimulatorConfig): void {
       problems.push(`${where}: lossRate must be within 0..1`);
     if (c.latencyMs !== undefined && !(c.latencyMs >= 0 && c.latencyMs <= 60_000))
       problems.push(`${where}: latencyMs must be within 0..60000`);
+    if (c.jitterMs !== undefined && !(c.jitterMs >= 0 && c.jitterMs <= 60_000))
+      problems.push(`${where}: jitterMs must be within 0..60000`);
+    if (c.duplicateRate !== undefined && !(c.duplicateRate >= 0 && c.duplicateRate <= 1))
+      problems.push(`${where}: duplicateRate must be within 0..1`);
+    if (c.duplicateDelayMs !== undefined && !(c.duplicateDelayMs >= 0 && c.duplicateDelayMs <= 60_000))
+      problems.push(`${where}: duplicateDelayMs must be within 0..60000`);
     if (c.changeIntervalMs !== undefined && !(c.changeIntervalMs >= 0))
       problems.push(`${where}: changeIntervalMs must be >= 0`);
     if (c.vendorId !== undefined && (!Number.isInteger(c.vendorId) || c.vendorId < 0 || c.vendorId > 65535))
@@ -233,6 +250,7 @@ export async function startSimulator(config: SimulatorConfig): Promise<Simulator
     datagramsReceived: 0,
     datagramsSent: 0,
     sendErrors: 0,
+    duplicated: 0,
     internalErrors: 0,
   };
   const nodes: BipNode[] = [];
@@ -351,6 +369,7 @@ export async function startSimulator(config: SimulatorConfig): Promise<Simulator
       datagramsReceived: nodeCounters.datagramsReceived,
       datagramsSent: nodeCounters.datagramsSent,
       internalErrors: nodeCounters.internalErrors,
+      duplicated: nodeCounters.duplicated,
       requestRate,
     }),
     close: async () => {

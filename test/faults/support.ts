@@ -7,7 +7,7 @@ import pg from "pg";
 import { type RunningBroker, startBroker } from "../../broker/index.ts";
 import { type Gateway, loadConfig, startGateway } from "../../gateway/index.ts";
 import { IngestService } from "../../ingest/service.ts";
-import { type Simulator, startSimulator } from "../../simulator/index.ts";
+import { type SimDeviceConfig, type Simulator, startSimulator } from "../../simulator/index.ts";
 import { tempDir } from "../integration/gateway/helpers.ts";
 import { eventually } from "../integration/ingest/helpers.ts";
 import { createPortableDatabase, type TestDatabase } from "../support/db-postgres.ts";
@@ -25,6 +25,8 @@ export interface PipelineOptions {
   /** Start the in-process ingest (default true); false when the test runs its own. */
   ingest?: boolean;
   redis?: { url: string; keyPrefix: string };
+  /** Merged into every simulated device's configuration (impairments, rpm off, …). */
+  device?: Partial<Omit<SimDeviceConfig, "instance" | "address" | "port">>;
 }
 
 export interface Tally {
@@ -71,6 +73,7 @@ export class Pipeline {
         objects: { analog_value: opts.pointsPerDevice ?? 10 },
         cov: false,
         changeIntervalMs: 0,
+        ...opts.device,
       })),
     });
     const broker = await startBroker({
