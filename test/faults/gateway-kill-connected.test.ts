@@ -1,9 +1,16 @@
 // The real gateway process SIGKILLed while connected and publishing live (broker up, ingest running),
 // then started again with the same config and data dir. Produced = readings a subscriber on the
-// broker saw (the gateway is another process); stored = rows; lost = the set difference. Also
-// measured: readings the devices answered that never reached the broker (read in the killed
-// process, not yet published: lost by design, nothing persisted them), the Last Will, the next
-// birth's bd_seq, replays and duplicates, and the gap in reading timestamps across the restart.
+// broker saw (the gateway is another process); recorded = produced plus the readings in the killed
+// process's write-ahead journal (`data_dir/buffer/*.seg`, read after the kill: what the process had
+// recorded, published or not); stored = rows; lost = recorded minus stored, and must be empty: a
+// reading the devices answered and the process recorded but the broker had not acknowledged is
+// replayed, historical, by the next start. Also measured: polls the devices answered that the killed
+// process never recorded (the answer was in its socket or being decoded at the kill: not closable
+// by any journal), the Last Will, the next birth's bd_seq, replays and duplicates (the journal's
+// cursor is saved in batches, so some acknowledged readings come again), and the gap in reading
+// timestamps across the restart.
+import { readdirSync, readFileSync } from "node:fs";
+import path from "node:path";
 import pg from "pg";
 import { afterAll, expect, it } from "vitest";
 import { type Simulator, startSimulator } from "../../simulator/index.ts";
@@ -40,7 +47,20 @@ const states = (messages: Received[], from = 0) =>
 const readingsMessages = (messages: Received[], from: number, to: number) =>
   messages.slice(from, to).filter((m) => m.topic.endsWith("/readings")).length;
 
-it("loses nothing the broker got when the gateway is SIGKILLed mid-stream; will, new bd_seq, gap", {
+/** Readings messages in the gateway's journal (`<ms>\t<topic>\t<body>` lines), as a recorder would have them. */
+function journal(dir: string): Received[] {
+  const out: Received[] = [];
+  for (const f of readdirSync(dir)
+    .filter((n) => n.endsWith(".seg"))
+    .sort())
+    for (const line of readFileSync(path.join(dir, f), "utf8").split("\n")) {
+      const [, topic, body] = line.split("\t");
+      if (topic?.endsWith("/readings") && body) out.push({ topic, payload: body, retain: false });
+    }
+  return out;
+}
+
+it("loses nothing the gateway recorded when it is SIGKILLed mid-stream; will, new bd_seq, gap", {
   timeout: 240_000,
 }, async () => {
   const started = Date.now();
@@ -109,6 +129,10 @@ it("loses nothing the broker got when the gateway is SIGKILLed mid-stream; will,
   const lateAfterKill = readingsIn(rec.messages, kill.msg, dead.msg).length;
   const control = a.resp - a0.resp - readingsMessages(rec.messages, a0.msg, a.msg);
   const readNotPublished = kill.resp - a.resp - readingsMessages(rec.messages, a.msg, dead.msg);
+  // What the killed process had recorded, read before the next start replays (and rewrites) it.
+  const journalled = readingsIn(journal(path.join(tmp.dir, "data", "buffer")));
+  const seenAtDeath = new Set(firstRun.map(readingKey));
+  const recordedNotPublished = journalled.map(readingKey).filter((k) => !seenAtDeath.has(k));
   const will = states(rec.messages, kill.msg).find((s) => s.state === "offline") as StatePayload;
   const firstBirth = states(rec.messages, 0).find((s) => s.state === "online") as StatePayload;
 
@@ -122,11 +146,13 @@ it("loses nothing the broker got when the gateway is SIGKILLed mid-stream; will,
   );
   const secondBirth = states(rec.messages, dead.msg).find((s) => s.state === "online") as StatePayload;
   await rec.waitFor(
-    () => readingsIn(rec.messages, dead.msg).length >= 150,
-    "readings after the restart",
+    () => readingsIn(rec.messages, dead.msg).filter((r) => !r.historical).length >= 150,
+    "live readings after the restart",
     90_000,
   );
+  // Read by the new process (the replayed ones were read by the killed one).
   const firstAfterMs = readingsIn(rec.messages, dead.msg)
+    .filter((r) => !r.historical)
     .map((r) => Date.parse(r.ts))
     .reduce((x, y) => Math.min(x, y));
   await gw.stop("SIGTERM");
@@ -134,8 +160,11 @@ it("loses nothing the broker got when the gateway is SIGKILLed mid-stream; will,
 
   const all = seen();
   const produced = new Set(all.map(readingKey));
+  const recorded = new Set([...produced, ...journalled.map(readingKey)]);
   const historical = all.filter((r) => r.historical).length;
-  const lastBeforeMs = firstRun.map((r) => Date.parse(r.ts)).reduce((x, y) => Math.max(x, y));
+  const lastBeforeMs = [...firstRun, ...journalled]
+    .map((r) => Date.parse(r.ts))
+    .reduce((x, y) => Math.max(x, y));
   let stored = new Set<string>();
   for (let i = 0; i < 600; i++) {
     const { rows } = await pool.query<{ device_instance: number; point: string; time: Date }>(
@@ -143,13 +172,15 @@ it("loses nothing the broker got when the gateway is SIGKILLed mid-stream; will,
       [GW],
     );
     stored = new Set(rows.map((r) => `${Number(r.device_instance)}/${r.point}@${r.time.toISOString()}`));
-    if ([...produced].every((k) => stored.has(k))) break;
+    if ([...recorded].every((k) => stored.has(k))) break;
     await sleep(100);
   }
-  const lost = [...produced].filter((k) => !stored.has(k));
+  const lost = [...recorded].filter((k) => !stored.has(k));
+  const lastPublished = readingKey(firstRun.at(-1) as (typeof firstRun)[number]);
   const bridgeStates = states(rec.messages).map((s) => `${s.state}#${s.bd_seq}`);
   report("gateway SIGKILL while connected", {
     produced: produced.size,
+    recorded: recorded.size,
     stored: stored.size,
     lost: lost.length,
     lostSample: lost.slice(0, 5),
@@ -157,6 +188,9 @@ it("loses nothing the broker got when the gateway is SIGKILLed mid-stream; will,
     arrived_after_kill: lateAfterKill,
     polls_answered_not_published_at_kill: readNotPublished,
     readings_read_not_published: readNotPublished * 10,
+    journalled_at_kill: journalled.length,
+    recorded_not_published_at_kill: recordedNotPublished.length,
+    polls_answered_not_recorded_at_kill: readNotPublished - recordedNotPublished.length / 10,
     polls_answered_not_published_control_window: control,
     replayed_historical: historical,
     duplicate_deliveries: all.length - produced.size,
@@ -169,5 +203,7 @@ it("loses nothing the broker got when the gateway is SIGKILLed mid-stream; will,
   expect(firstRun.length).toBeGreaterThanOrEqual(150);
   expect(will).toMatchObject({ state: "offline", bd_seq: firstBirth.bd_seq });
   expect(secondBirth.bd_seq).toBe(firstBirth.bd_seq + 1);
+  // Written ahead: the journal holds what was published (without it, nothing live is on disk).
+  expect(journalled.map(readingKey)).toContain(lastPublished);
   expect(lost).toEqual([]);
 });
