@@ -20,6 +20,7 @@ import type { Logger } from "../common/logger.ts";
 import { parsePointId } from "../contract/index.ts";
 import { isDataError, withTransaction } from "./db.ts";
 import { type IngestOp, type PointTexts, statusFlagBits, storedValue } from "./messages.ts";
+import { DEAD_LETTER_FINGERPRINT } from "./migrations/004-dead-letter-fingerprint.ts";
 import type { Dialect } from "./migrations/index.ts";
 
 export interface Envelope {
@@ -481,14 +482,41 @@ export class BatchWriter {
     }
 
     if (dead.length) {
+      // One row per distinct message (migration 004): repeats in this batch are folded here, since
+      // one INSERT … ON CONFLICT DO UPDATE may not touch a row twice; repeats of a stored one there.
+      const rows = new Map<
+        string,
+        { first: Date; last: Date; topic: string; payload: string; error: string; n: number }
+      >();
+      for (const e of dead) {
+        const payload = payloadText(e.payload);
+        const error = e.op.kind === "dead_letter" ? e.op.error : "";
+        const k = `${e.topic}\u0000${payload}\u0000${error}`;
+        const row = rows.get(k);
+        if (!row)
+          rows.set(k, { first: e.receivedAt, last: e.receivedAt, topic: e.topic, payload, error, n: 1 });
+        else {
+          row.n++;
+          if (e.receivedAt < row.first) row.first = e.receivedAt;
+          if (e.receivedAt > row.last) row.last = e.receivedAt;
+        }
+      }
+      const list = [...rows.values()];
       await client.query(
-        `INSERT INTO dead_letters (received_at, topic, payload, error)
-         SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[])`,
+        `INSERT INTO dead_letters AS d (received_at, last_received_at, topic, payload, error, deliveries, fingerprint)
+         SELECT received_at, last_received_at, topic, payload, error, deliveries, ${DEAD_LETTER_FINGERPRINT}
+         FROM unnest($1::timestamptz[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::int[])
+           AS t(received_at, last_received_at, topic, payload, error, deliveries)
+         ON CONFLICT (fingerprint) DO UPDATE SET
+           deliveries = d.deliveries + excluded.deliveries,
+           last_received_at = GREATEST(coalesce(d.last_received_at, d.received_at), excluded.last_received_at)`,
         [
-          dead.map((e) => e.receivedAt.toISOString()),
-          dead.map((e) => e.topic),
-          dead.map((e) => payloadText(e.payload)),
-          dead.map((e) => (e.op.kind === "dead_letter" ? e.op.error : "")),
+          list.map((r) => r.first.toISOString()),
+          list.map((r) => r.last.toISOString()),
+          list.map((r) => r.topic),
+          list.map((r) => r.payload),
+          list.map((r) => r.error),
+          list.map((r) => r.n),
         ],
       );
       stats.deadLetters = dead.length;

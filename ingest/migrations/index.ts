@@ -4,6 +4,7 @@
 import { migration001 } from "./001-schema.ts";
 import { migration002 } from "./002-inventory-index.ts";
 import { migration003 } from "./003-inventory-keyset.ts";
+import { migration004 } from "./004-dead-letter-fingerprint.ts";
 
 export type Dialect = "timescale" | "portable";
 
@@ -14,4 +15,4 @@ export interface Migration {
   statements(dialect: Dialect): string[];
 }
 
-export const MIGRATIONS: readonly Migration[] = [migration001, migration002, migration003];
+export const MIGRATIONS: readonly Migration[] = [migration001, migration002, migration003, migration004];

@@ -19,7 +19,7 @@ describe("embedded PostgreSQL (PGlite over pglite-socket)", () => {
     let embedded = await startEmbeddedPostgres({ dataDir: data });
     let pool = new pg.Pool({ connectionString: embedded.url, max: 1 });
     try {
-      expect(await migrate(pool)).toEqual({ dialect: "portable", applied: [1, 2, 3] });
+      expect(await migrate(pool)).toEqual({ dialect: "portable", applied: [1, 2, 3, 4] });
       await Promise.all(
         Array.from({ length: 4 }, async (_, worker) => {
           for (let i = 0; i < 8; i++) {

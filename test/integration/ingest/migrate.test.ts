@@ -71,7 +71,16 @@ const EXPECTED: Record<string, string[]> = {
     "error_message",
     "transaction",
   ],
-  dead_letters: ["id", "received_at", "topic", "payload", "error"],
+  dead_letters: [
+    "id",
+    "received_at",
+    "topic",
+    "payload",
+    "error",
+    "fingerprint",
+    "deliveries",
+    "last_received_at",
+  ],
   api_keys: ["id", "name", "key_hash", "role", "created_at", "last_used_at", "revoked"],
   schema_migrations: ["version", "dialect", "applied_at"],
 };
@@ -114,12 +123,13 @@ function suite(
     it("applies every version exactly once even when several processes migrate at the same time", async () => {
       const results = await Promise.all([1, 2, 3].map(() => migrate(pool)));
       expect(results.map((r) => r.dialect)).toEqual([dialect, dialect, dialect]);
-      expect(results.flatMap((r) => r.applied).sort()).toEqual([1, 2, 3]);
+      expect(results.flatMap((r) => r.applied).sort()).toEqual([1, 2, 3, 4]);
       const { rows } = await pool.query("SELECT version, dialect FROM schema_migrations ORDER BY version");
       expect(rows).toEqual([
         { version: 1, dialect },
         { version: 2, dialect },
         { version: 3, dialect },
+        { version: 4, dialect },
       ]);
     });
 
@@ -141,6 +151,46 @@ function suite(
       }
       expect(cols.readings?.find((c) => c.name === "value")?.type).toBe("double precision");
       expect(cols.readings_hourly?.find((c) => c.name === "count")?.type).toBe("bigint");
+    });
+
+    it("version 4 folds dead letters stored more than once before it into the oldest row", async () => {
+      // The database as version 3 left it, with a redelivered poison message stored twice.
+      await pool.query("DROP INDEX dead_letters_fingerprint_idx");
+      await pool.query(
+        "ALTER TABLE dead_letters DROP COLUMN fingerprint, DROP COLUMN deliveries, DROP COLUMN last_received_at",
+      );
+      await pool.query("DELETE FROM schema_migrations WHERE version = 4");
+      await pool.query(
+        `INSERT INTO dead_letters (received_at, topic, payload, error) VALUES
+           ('2026-01-01T00:00:00Z', 'bacmqtt/gw/1/readings', '{', 'bad JSON'),
+           ('2026-01-01T00:00:05Z', 'bacmqtt/gw/1/readings', '{', 'bad JSON'),
+           ('2026-01-01T00:00:09Z', 'bacmqtt/gw/1/readings', '{', 'bad JSON'),
+           ('2026-01-01T00:00:07Z', 'bacmqtt/gw/1/readings', '[', 'bad JSON')`,
+      );
+      expect(await migrate(pool)).toEqual({ dialect, applied: [4] });
+      const { rows } = await pool.query(
+        "SELECT payload, received_at, last_received_at, deliveries FROM dead_letters ORDER BY id",
+      );
+      expect(rows).toEqual([
+        {
+          payload: "{",
+          received_at: new Date("2026-01-01T00:00:00Z"),
+          last_received_at: new Date("2026-01-01T00:00:09Z"),
+          deliveries: 3,
+        },
+        {
+          payload: "[",
+          received_at: new Date("2026-01-01T00:00:07Z"),
+          last_received_at: null,
+          deliveries: 1,
+        },
+      ]);
+      await expect(
+        pool.query(
+          "INSERT INTO dead_letters (topic, payload, error, fingerprint) SELECT topic, payload, error, fingerprint FROM dead_letters LIMIT 1",
+        ),
+      ).rejects.toMatchObject({ code: "23505" });
+      await pool.query("DELETE FROM dead_letters");
     });
 
     it("refuses to switch an existing database to the other dialect", async () => {
