@@ -192,6 +192,11 @@ export const GatewayConfigSchema = Type.Object(
             "always: fsync each append; interval: every fsync_interval_ms; never: leave it to the OS",
         }),
         fsync_interval_ms: Type.Integer({ default: 1000, minimum: 10, maximum: 60000 }),
+        write_ahead: Type.Boolean({
+          default: true,
+          description:
+            "journal every live readings message here before publishing it, done on the PUBACK: a gateway crash loses nothing it read; false: only what could not be published is buffered (less disk writing, e.g. on SD cards)",
+        }),
       },
       { default: {}, additionalProperties: false },
     ),

@@ -481,13 +481,14 @@ export class Bridge {
    * Write-ahead: the message is in the disk journal before it is handed to MQTT, and marked done
    * there on the PUBACK. A process that dies in between leaves it to the next start's replay
    * (historical, perhaps a duplicate: the ingest is idempotent on point + ts). A failed publish
-   * leaves it waiting in its place, for the replay.
+   * leaves it waiting in its place, for the replay. With `buffer.write_ahead: false` only a failed
+   * publish is buffered (appended at the end), as before the journal.
    */
   private publishLive(topic: string, payload: DeviceReadingsPayload): void {
     const body = JSON.stringify(payload);
     let rec: LiveRecord | undefined;
     try {
-      rec = this.buffer.appendLive(topic, body);
+      if (this.config.buffer.write_ahead) rec = this.buffer.appendLive(topic, body);
       if (this.journalFailing) this.log.info("readings journal writable again");
       this.journalFailing = false;
     } catch (err) {

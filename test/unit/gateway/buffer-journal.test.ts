@@ -150,14 +150,14 @@ class HeldMqtt extends EventEmitter {
   }
 }
 
-async function bridgeOn(buffer: DiskBuffer) {
+async function bridgeOn(buffer: DiskBuffer, writeAhead = true) {
   const engine = new FakeEngine();
   const mqtt = new HeldMqtt();
   const bridge = new Bridge({
     engine,
     mqtt: mqtt as unknown as GatewayMqtt,
     buffer,
-    config: resolveConfig({ gateway_id: "gw1" }),
+    config: resolveConfig({ gateway_id: "gw1", buffer: { write_ahead: writeAhead } }),
     log: createLogger("test"),
   });
   bridge.start(() => undefined);
@@ -205,6 +205,20 @@ describe("Bridge write-ahead", () => {
     expect(replayed.map((p) => p.readings[0]?.value)).toEqual([1, 2]);
     expect(replayed.every((p) => p.historical === true)).toBe(true);
     expect(buffer.depth).toBe(0);
+    await bridge.stop();
+  });
+
+  it("with write_ahead false journals nothing live and buffers a failed publish at the end", async () => {
+    const { buffer, dir } = make();
+    const { engine, mqtt, bridge } = await bridgeOn(buffer, false);
+    engine.emit("readings", 1001, [reading(1)], "poll");
+    expect(mqtt.held).toHaveLength(1);
+    expect(make({}, dir).buffer.depth).toBe(0);
+    mqtt.connected = false;
+    (mqtt.held[0] as HeldMqtt["held"][number]).answer(false);
+    await new Promise((r) => setImmediate(r));
+    expect(buffer.depth).toBe(1);
+    expect(buffer.stats.live).toBe(0);
     await bridge.stop();
   });
 });
