@@ -586,104 +586,177 @@ export function decodeRpmAckPrimitive(b: Buffer): RpmResult[] | undefined {
   const out: RpmResult[] = [];
   let o = 0;
   while (o < end) {
-    // Object identifier: context tag 0, length 4.
-    if (b[o] !== 0x0c || o + 6 > end) return undefined;
-    const oid = b.readUInt32BE(o + 1);
-    if (b[o + 5] !== 0x1e) return undefined; // opening tag 1: list of results
+    const oid = objectStart(b, o);
+    if (oid < 0) return undefined;
     o += 6;
     const properties: RpmResult["properties"] = [];
     for (;;) {
       if (o >= end) return undefined;
-      const t = b[o] as number;
-      if (t === 0x1f) {
+      if (b[o] === 0x1f) {
         o++;
         break;
       }
-      // Property identifier: context tag 2, length 1–4.
-      let n = t - 0x28;
-      if (n < 1 || n > 4 || o + 1 + n > end) return undefined;
-      const id = b.readUIntBE(o + 1, n);
-      o += 1 + n;
-      let index = ARRAY_ALL;
-      if (o < end && (b[o] as number) >= 0x39 && (b[o] as number) <= 0x3c) {
-        n = (b[o] as number) - 0x38;
-        if (o + 1 + n > end) return undefined;
-        index = b.readUIntBE(o + 1, n);
-        o += 1 + n;
-      }
-      if (o >= end) return undefined;
-      if (b[o] === 0x5e) {
-        // Property access error: error class and code, both enumerated (length 1–4).
-        o++;
-        const c = enumAt(b, o);
-        if (c < 0) return undefined;
-        o += 1 + (c & 7);
-        const e = enumAt(b, o);
-        if (e < 0) return undefined;
-        o += 1 + (e & 7);
-        if (o >= end || b[o] !== 0x5f) return undefined;
-        o++;
-        properties.push({
-          id,
-          index,
-          values: [],
-          error: { errorClass: Math.floor(c / 8), errorCode: Math.floor(e / 8) },
-        });
-        continue;
-      }
-      if (b[o] !== 0x4e) return undefined; // opening tag 4: property value
+      if (!readProperty(b, o)) return undefined;
+      o = cursor;
+      const id = propId;
+      const index = propIndex;
+      if (propError) properties.push({ id, index, values: [], error: propError });
+      else properties.push({ id, index, values: propValues });
+    }
+    out.push({ object: { type: Math.floor(oid / 0x400000), instance: oid % 0x400000 }, properties });
+  }
+  return out;
+}
+
+/** What one property of an RPM answer holds: its values, or the error the device reported for it. */
+export type PropertyOutcome =
+  | { values: DecodedValue[]; error?: undefined }
+  | { values?: undefined; error: { errorClass: number; errorCode: number } };
+
+/**
+ * The hot path of polling: an RPM answer that lists exactly the objects and properties asked, in
+ * the order asked, goes straight into `out[at…]` (one outcome per asked property), with no
+ * per-object or per-property objects beyond the outcome itself. Returns false for any other
+ * answer or any value decodeRpmAckPrimitive would not take; `out[at…]` may then hold partial
+ * results, which the caller must overwrite.
+ */
+export function decodeRpmAckInOrder(
+  b: Buffer,
+  asked: readonly { object: ObjectRef; properties: readonly PropertyRef[] }[],
+  out: (PropertyOutcome | undefined)[],
+  at: number,
+): boolean {
+  const end = b.length;
+  let o = 0;
+  let slot = at;
+  for (let i = 0; i < asked.length; i++) {
+    const a = asked[i] as { object: ObjectRef; properties: readonly PropertyRef[] };
+    const oid = objectStart(b, o);
+    if (oid < 0 || oid !== a.object.type * 0x400000 + a.object.instance) return false;
+    o += 6;
+    for (let j = 0; j < a.properties.length; j++) {
+      const p = a.properties[j] as PropertyRef;
+      if (o >= end || !readProperty(b, o)) return false;
+      if (propId !== p.id || propIndex !== (p.index ?? ARRAY_ALL)) return false;
+      o = cursor;
+      out[slot++] = propError ? { error: propError } : { values: propValues };
+    }
+    if (o >= end || b[o] !== 0x1f) return false;
+    o++;
+  }
+  return o === end;
+}
+
+// Results of readProperty (one property of a ReadAccessResult), kept in module state so the hot
+// path returns them without an object per call.
+let cursor = 0;
+let propId = 0;
+let propIndex = 0;
+let propValues: DecodedValue[] = [];
+let propError: { errorClass: number; errorCode: number } | undefined;
+
+/** Object identifier (context tag 0, length 4) and opening tag 1 at `o`, or −1. */
+function objectStart(b: Buffer, o: number): number {
+  if (o + 6 > b.length || b[o] !== 0x0c || b[o + 5] !== 0x1e) return -1;
+  return b.readUInt32BE(o + 1);
+}
+
+/** One property result at `o` (id, optional index, values or error) into the module state. */
+function readProperty(b: Buffer, o: number): boolean {
+  const end = b.length;
+  // Property identifier: context tag 2, length 1–4.
+  let n = (b[o] as number) - 0x28;
+  if (n < 1 || n > 4 || o + 1 + n > end) return false;
+  propId = b.readUIntBE(o + 1, n);
+  o += 1 + n;
+  propIndex = ARRAY_ALL;
+  if (o < end && (b[o] as number) >= 0x39 && (b[o] as number) <= 0x3c) {
+    n = (b[o] as number) - 0x38;
+    if (o + 1 + n > end) return false;
+    propIndex = b.readUIntBE(o + 1, n);
+    o += 1 + n;
+  }
+  if (o >= end) return false;
+  if (b[o] === 0x5e) {
+    // Property access error: error class and code, both enumerated (length 1–4).
+    o++;
+    const c = enumAt(b, o);
+    if (c < 0) return false;
+    o += 1 + (c & 7);
+    const e = enumAt(b, o);
+    if (e < 0) return false;
+    o += 1 + (e & 7);
+    if (o >= end || b[o] !== 0x5f) return false;
+    cursor = o + 1;
+    propError = { errorClass: Math.floor(c / 8), errorCode: Math.floor(e / 8) };
+    return true;
+  }
+  if (b[o] !== 0x4e) return false; // opening tag 4: property value
+  o++;
+  // Nearly always exactly one value: an array of the right size, not one grown by push.
+  if (o < end && b[o] === 0x4f) {
+    propValues = [];
+    o++;
+  } else {
+    const first = readValue(b, o);
+    if (first === undefined) return false;
+    o = cursor;
+    if (o < end && b[o] === 0x4f) {
+      propValues = [first];
       o++;
-      const values: DecodedValue[] = [];
+    } else {
+      const values = [first];
       for (;;) {
-        if (o >= end) return undefined;
-        const tag = b[o] as number;
-        if (tag === 0x4f) {
+        if (o >= end) return false;
+        if (b[o] === 0x4f) {
           o++;
           break;
         }
-        const type = tag >> 4;
-        const lv = tag & 0x0f;
-        // Context-specific, extended tag numbers or lengths (≥ 5), opening/closing: library path.
-        if (lv > 4 || o + 1 + lv > end) return undefined;
-        const at = o + 1;
-        switch (type) {
-          case Tag.NULL:
-            if (lv !== 0) return undefined;
-            values.push({ type, value: null });
-            break;
-          case Tag.BOOLEAN:
-            values.push({ type, value: lv > 0 });
-            o = at;
-            continue;
-          case Tag.UNSIGNED:
-          case Tag.ENUMERATED:
-            values.push({ type, value: lv === 0 ? 0 : b.readUIntBE(at, lv) });
-            break;
-          case Tag.SIGNED:
-            if (lv === 0) return undefined;
-            values.push({ type, value: b.readIntBE(at, lv) });
-            break;
-          case Tag.REAL:
-            if (lv !== 4) return undefined;
-            values.push({ type, value: b.readFloatBE(at) });
-            break;
-          case Tag.BIT_STRING: {
-            if (lv === 0) return undefined;
-            const bytes: number[] = [];
-            for (let i = 1; i < lv; i++) bytes.push(REVERSED[b[at + i] as number] as number);
-            values.push({ type, value: { value: bytes, bitsUsed: (lv - 1) * 8 - ((b[at] as number) & 7) } });
-            break;
-          }
-          default:
-            return undefined;
-        }
-        o = at + lv;
+        const v = readValue(b, o);
+        if (v === undefined) return false;
+        values.push(v);
+        o = cursor;
       }
-      properties.push({ id, index, values });
+      propValues = values;
     }
-    out.push({ object: { type: (oid >>> 22) & 0x3ff, instance: oid & 0x3fffff }, properties });
   }
-  return out;
+  propError = undefined;
+  cursor = o;
+  return true;
+}
+
+/** One primitive application-tagged value at `o` (cursor set past it), or undefined. */
+function readValue(b: Buffer, o: number): DecodedValue | undefined {
+  const tag = b[o] as number;
+  const type = tag >> 4;
+  const lv = tag & 0x0f;
+  // Context-specific, extended tag numbers or lengths (≥ 5), opening/closing: library path.
+  if (lv > 4 || o + 1 + lv > b.length) return undefined;
+  const at = o + 1;
+  cursor = at + lv;
+  switch (type) {
+    case Tag.NULL:
+      return lv === 0 ? { type, value: null } : undefined;
+    case Tag.BOOLEAN:
+      // The value is the length field; no content octets.
+      cursor = at;
+      return { type, value: lv > 0 };
+    case Tag.UNSIGNED:
+    case Tag.ENUMERATED:
+      return { type, value: lv === 0 ? 0 : b.readUIntBE(at, lv) };
+    case Tag.SIGNED:
+      return lv === 0 ? undefined : { type, value: b.readIntBE(at, lv) };
+    case Tag.REAL:
+      return lv === 4 ? { type, value: b.readFloatBE(at) } : undefined;
+    case Tag.BIT_STRING: {
+      if (lv === 0) return undefined;
+      const bytes = new Array<number>(lv - 1);
+      for (let i = 1; i < lv; i++) bytes[i - 1] = REVERSED[b[at + i] as number] as number;
+      return { type, value: { value: bytes, bitsUsed: (lv - 1) * 8 - ((b[at] as number) & 7) } };
+    }
+    default:
+      return undefined;
+  }
 }
 
 /** An application-tagged enumerated at `o` as value × 8 + length, or −1 if it is not one. */

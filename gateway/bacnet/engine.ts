@@ -20,15 +20,16 @@ import {
   type Destination,
   decodeReadPropertyAck,
   decodeReadPropertyMultipleAck,
+  decodeRpmAckInOrder,
   encodeReadProperty,
   encodeReadPropertyMultiple,
   encodeSubscribeCov,
   encodeWriteProperty,
   hexToMac,
   type ObjectRef,
+  type PropertyOutcome,
   type PropertyRef,
   parseHostPort,
-  type RpmResult,
   Service,
 } from "./codec.ts";
 import { BacnetError, bacnetErrorFrom, codeOf, GW_ERR, unreached } from "./errors.ts";
@@ -884,10 +885,12 @@ export class Engine extends EventEmitter implements BacnetEngine {
   /** readPoints on a prepared plan: PV + status flags of each point, errors as readings. */
   private async readPlan(plan: PollPlan): Promise<ReadingPayload[]> {
     const k = plan.k;
-    const ts = new Date().toISOString();
     const out: ReadingPayload[] = [];
-    for (const p of plan.unknown)
-      out.push({ point: p, value: null, ts, quality: "bad", error: GW_ERR.POINT_UNKNOWN });
+    if (plan.unknown.length > 0) {
+      const ts = new Date().toISOString();
+      for (const p of plan.unknown)
+        out.push({ point: p, value: null, ts, quality: "bad", error: GW_ERR.POINT_UNKNOWN });
+    }
     const objs = plan.objs;
     // Present value of objs[i] at 2i, its status flags at 2i + 1.
     const res: (PropResult | undefined)[] = new Array(objs.length * 2);
@@ -959,14 +962,26 @@ export class Engine extends EventEmitter implements BacnetEngine {
   ): Promise<void> {
     const k = plan.k;
     if (k.rpm === false) return;
-    const byKey = new Map<string, PropResult>();
+    let byKey: Map<string, PropResult>;
     try {
       const r = await this.c().request(k.dest, Service.READ_PROPERTY_MULTIPLE, b.body, { label: b.label });
+      const from = 2 * b.first;
+      // Outcomes go into the result slots as they are; the loop below turns their errors into ours.
+      if (decodeRpmAckInOrder(r.body, b.specs, res as (PropertyOutcome | undefined)[], from)) {
+        k.rpm = true;
+        // Property errors arrive as class/code: make them the coded errors readings carry.
+        for (let i = from; i < from + 2 * b.specs.length; i++) {
+          const e = (res[i] as PropertyOutcome).error;
+          if (e) res[i] = { error: bacnetErrorFrom(e.errorClass, e.errorCode) };
+        }
+        return;
+      }
       const results = decodeReadPropertyMultipleAck(r.body);
       k.rpm = true;
-      if (placeInOrder(results, b.specs, b.first, res)) return;
+      byKey = new Map();
       await this.absorbRpm(k, b.specs, results, byKey);
     } catch (err) {
+      byKey = new Map();
       await this.rpmFailed(k, b.specs, err, byKey);
     }
     fillResults(b.specs, b.first, byKey, res);
@@ -1618,38 +1633,6 @@ function planBatches(k: Known, specs: Spec[]): Spec[][] {
   }
   if (cur.length) batches.push(cur);
   return batches;
-}
-
-/**
- * An RPM answer that lists exactly the objects asked, in order, each with exactly the properties
- * asked, in order and without array index, goes into `res` by position (no per-property keys).
- * Returns false, leaving `res` untouched, for any other answer.
- */
-function placeInOrder(
-  results: RpmResult[],
-  specs: Spec[],
-  first: number,
-  res: (PropResult | undefined)[],
-): boolean {
-  if (results.length !== specs.length) return false;
-  for (let i = 0; i < specs.length; i++) {
-    const r = results[i] as RpmResult;
-    const s = specs[i] as Spec;
-    if (r.object.type !== s.object.type || r.object.instance !== s.object.instance) return false;
-    if (r.properties.length !== s.properties.length) return false;
-    for (let j = 0; j < s.properties.length; j++) {
-      const got = r.properties[j] as RpmResult["properties"][number];
-      const asked = s.properties[j] as PropertyRef;
-      if (got.id !== asked.id || got.index !== (asked.index ?? ARRAY_ALL)) return false;
-    }
-  }
-  let slot = 2 * first;
-  for (const r of results)
-    for (const p of r.properties)
-      res[slot++] = p.error
-        ? { error: bacnetErrorFrom(p.error.errorClass, p.error.errorCode) }
-        : { values: p.values };
-  return true;
 }
 
 /** Present value and status flags of `specs` (starting at `first`) from a keyed result map. */

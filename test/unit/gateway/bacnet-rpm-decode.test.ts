@@ -6,6 +6,7 @@ import { describe, expect, it } from "vitest";
 import {
   ARRAY_ALL,
   decodeReadPropertyMultipleAck,
+  decodeRpmAckInOrder,
   decodeRpmAckLibrary,
   decodeRpmAckPrimitive,
   Tag,
@@ -104,6 +105,42 @@ describe("RPM ack fast path", () => {
       expect(decodeReadPropertyMultipleAck(body)).toEqual(decodeRpmAckLibrary(body));
     }
     expect(handedOver).toBeGreaterThan(100);
+  });
+
+  it("puts an answer in the order asked straight into slots, and refuses any other order", () => {
+    const r = rng(4);
+    for (let i = 0; i < 2000; i++) {
+      const body = ack(r, i % 4 === 0);
+      const lib = decodeRpmAckLibrary(body);
+      const asked = lib.map((o) => ({
+        object: o.object,
+        properties: o.properties.map((p) =>
+          p.index === ARRAY_ALL ? { id: p.id } : { id: p.id, index: p.index },
+        ),
+      }));
+      const want = lib.flatMap((o) =>
+        o.properties.map((p) => (p.error ? { error: p.error } : { values: p.values })),
+      );
+      const out: unknown[] = ["before"];
+      const ok = decodeRpmAckInOrder(body, asked, out as never, 1);
+      // Exactly when the one-pass decoder takes the whole answer.
+      expect(ok, `case ${i}: ${body.toString("hex")}`).toBe(decodeRpmAckPrimitive(body) !== undefined);
+      if (ok) expect(out).toEqual(["before", ...want]);
+      // Another order, a property more or less, another object: not this fast path.
+      const last = asked[asked.length - 1] as (typeof asked)[number];
+      const variants = [
+        [...asked].reverse(),
+        [...asked.slice(0, -1), { ...last, properties: [...last.properties, { id: 85 }] }],
+        [...asked.slice(0, -1), { ...last, properties: last.properties.slice(1) }],
+        [
+          ...asked.slice(0, -1),
+          { ...last, object: { ...last.object, instance: (last.object.instance + 1) % 4_194_304 } },
+        ],
+        asked.slice(0, -1),
+      ];
+      for (const v of variants.slice(asked.length > 1 ? 0 : 1))
+        expect(decodeRpmAckInOrder(body, v, [], 0), `case ${i}`).toBe(false);
+    }
   });
 
   it("accepts nothing from damaged input that the library would decode differently", () => {
