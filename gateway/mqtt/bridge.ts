@@ -53,6 +53,14 @@ export interface DeviceEntry {
   missedScans: number;
 }
 
+/** Readings held at start-up, already journalled (unless `write_ahead` is off): a crash then loses none. */
+interface HeldReadings {
+  topic: string;
+  payload: DeviceReadingsPayload;
+  body: string;
+  rec: LiveRecord | undefined;
+}
+
 export interface BridgeOptions {
   engine: BacnetEngine;
   mqtt: GatewayMqtt;
@@ -72,7 +80,7 @@ export class Bridge {
   private readonly startedAt: Date;
   private healthTimer: NodeJS.Timeout | undefined;
   private devicesTimer: NodeJS.Timeout | undefined;
-  private startupHold: DeviceReadingsPayload[] | null = [];
+  private startupHold: HeldReadings[] | null = [];
   private startupTimer: NodeJS.Timeout | undefined;
   private readonly covBatches = new Map<number, { readings: ReadingPayload[]; timer: NodeJS.Timeout }>();
   private readonly pendingRemovals = new Map<number, string>();
@@ -470,10 +478,11 @@ export class Bridge {
     this.startupHold = null;
     if (this.startupTimer) clearTimeout(this.startupTimer);
     const live = connected && this.buffer.depth === 0 && this.draining === undefined;
-    for (const payload of held) {
-      const topic = Topics.deviceRel(payload.device, "readings");
-      if (live) this.publishLive(topic, payload);
-      else this.toBuffer(topic, payload);
+    for (const h of held) {
+      if (live) this.publishLive(h.topic, h.payload, h.body, h.rec);
+      // Journalled: it waits for the replay where it is, behind what the last process left.
+      else if (h.rec) this.settle(h.topic, h.payload, h.rec, false);
+      else this.toBuffer(h.topic, h.payload);
     }
   }
 
@@ -484,13 +493,25 @@ export class Bridge {
    * leaves it waiting in its place, for the replay. With `buffer.write_ahead: false` only a failed
    * publish is buffered (appended at the end), as before the journal.
    */
-  private publishLive(topic: string, payload: DeviceReadingsPayload): void {
-    const body = JSON.stringify(payload);
-    let rec: LiveRecord | undefined;
+  private publishLive(
+    topic: string,
+    payload: DeviceReadingsPayload,
+    body = JSON.stringify(payload),
+    rec = this.journal(topic, body),
+  ): void {
+    void this.mqtt
+      .publish(topic, body, TOPIC_QOS.readings)
+      .then((ok) => this.settle(topic, payload, rec, ok));
+  }
+
+  /** Writes a live message ahead; undefined when `write_ahead` is off or the write failed. */
+  private journal(topic: string, body: string): LiveRecord | undefined {
+    if (!this.config.buffer.write_ahead) return undefined;
     try {
-      if (this.config.buffer.write_ahead) rec = this.buffer.appendLive(topic, body);
+      const rec = this.buffer.appendLive(topic, body);
       if (this.journalFailing) this.log.info("readings journal writable again");
       this.journalFailing = false;
+      return rec;
     } catch (err) {
       // Still published: the broker may take it, only the crash protection is missing for it.
       if (!this.journalFailing)
@@ -499,24 +520,34 @@ export class Bridge {
           "cannot journal readings before publishing: a crash now loses what is in flight",
         );
       this.journalFailing = true;
+      return undefined;
     }
-    void this.mqtt.publish(topic, body, TOPIC_QOS.readings).then((ok) => {
-      if (rec === undefined) {
-        if (!ok) this.toBuffer(topic, payload);
-        return;
-      }
-      this.buffer.settleLive(rec, ok);
-      if (ok) return;
-      this.counters.buffered += 1;
-      if (this.mqtt.connected) this.kickDrain();
-    });
+  }
+
+  /** The broker's answer (or none, for held readings going to the buffer) for a live message. */
+  private settle(
+    topic: string,
+    payload: DeviceReadingsPayload,
+    rec: LiveRecord | undefined,
+    ok: boolean,
+  ): void {
+    if (rec === undefined) {
+      if (!ok) this.toBuffer(topic, payload);
+      return;
+    }
+    this.buffer.settleLive(rec, ok);
+    if (ok) return;
+    this.counters.buffered += 1;
+    if (this.mqtt.connected) this.kickDrain();
   }
 
   private sendReadings(payload: DeviceReadingsPayload): void {
     this.counters.readingsMessages += 1;
     this.counters.readingsValues += payload.readings.length;
     if (this.startupHold !== null) {
-      this.startupHold.push(payload);
+      const topic = Topics.deviceRel(payload.device, "readings");
+      const body = JSON.stringify(payload);
+      this.startupHold.push({ topic, payload, body, rec: this.journal(topic, body) });
       if (this.startupHold.length >= STARTUP_HOLD_MAX) this.releaseStartupHold(this.mqtt.connected);
       return;
     }

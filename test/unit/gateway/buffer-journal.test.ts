@@ -150,7 +150,7 @@ class HeldMqtt extends EventEmitter {
   }
 }
 
-async function bridgeOn(buffer: DiskBuffer, writeAhead = true) {
+async function bridgeOn(buffer: DiskBuffer, writeAhead = true, online = true) {
   const engine = new FakeEngine();
   const mqtt = new HeldMqtt();
   const bridge = new Bridge({
@@ -164,7 +164,7 @@ async function bridgeOn(buffer: DiskBuffer, writeAhead = true) {
   const c = catalogue(1001, 2);
   engine.manage(c);
   bridge.setCatalogue(c);
-  mqtt.emit("online", 1);
+  if (online) mqtt.emit("online", 1);
   for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
   return { engine, mqtt, bridge };
 }
@@ -219,6 +219,23 @@ describe("Bridge write-ahead", () => {
     await new Promise((r) => setImmediate(r));
     expect(buffer.depth).toBe(1);
     expect(buffer.stats.live).toBe(0);
+    await bridge.stop();
+  });
+
+  it("journals readings held at start-up (before the first connection) and publishes them live", async () => {
+    const { buffer, dir } = make();
+    const { engine, mqtt, bridge } = await bridgeOn(buffer, true, false);
+    engine.emit("readings", 1001, [reading(1)], "poll");
+    expect(mqtt.held).toHaveLength(0);
+    // A crash during the hold: the next process finds the message.
+    expect(make({}, dir).buffer.depth).toBe(1);
+    mqtt.emit("online", 1);
+    for (let i = 0; i < 5 && mqtt.held.length === 0; i++) await new Promise((r) => setImmediate(r));
+    expect(mqtt.held).toHaveLength(1);
+    expect(buffer.depth).toBe(0);
+    (mqtt.held[0] as HeldMqtt["held"][number]).answer(true);
+    await new Promise((r) => setImmediate(r));
+    expect(buffer.bytes).toBe(0);
     await bridge.stop();
   });
 });
