@@ -87,6 +87,49 @@ describe("dead letters", () => {
     }
   });
 
+  it("an ingest that stored a poison message and died before its PUBACK gets it again: still one row", async () => {
+    const mq = await broker();
+    const topic = topics("gw-dead-redeliver").device(5, "readings");
+    const pools: pg.Pool[] = [];
+    const ingests: IngestService[] = [];
+    const start = async (dropAcks: boolean) => {
+      const ingestPool = new pg.Pool({ connectionString: db.url, max: 2 });
+      pools.push(ingestPool);
+      const ingest = new IngestService({
+        mqttUrl: mq.url,
+        pool: ingestPool,
+        dialect: "portable",
+        clientId: "ingest-dead-redeliver",
+        batchWaitMs: 10,
+        retentionIntervalMs: 0,
+      });
+      // The crash between COMMIT and PUBACK: the acknowledgements never leave this process.
+      if (dropAcks) (ingest as unknown as { sendPacket: () => void }).sendPacket = () => undefined;
+      ingests.push(ingest);
+      await ingest.start();
+      return ingest;
+    };
+    const pub = await publisher(mq.url, "pub-dead-redeliver");
+    try {
+      const first = await start(true);
+      await pub.publishAsync(topic, POISON, { qos: 1 });
+      await eventually(async () => (await rowsFor(topic)).length > 0, "dead letter stored");
+      await first.stop();
+      // Same client id, persistent session: the broker sends the unacknowledged message again.
+      await start(false);
+      await eventually(
+        async () => (await rowsFor(topic)).reduce((n, r) => n + r.deliveries, 0) >= 2,
+        "the redelivery written",
+      );
+      expect(await rowsFor(topic)).toEqual([{ payload: POISON, deliveries: 2 }]);
+    } finally {
+      await pub.endAsync();
+      for (const i of ingests) await i.stop().catch(() => undefined);
+      for (const p of pools) await p.end();
+      await mq.close();
+    }
+  });
+
   it("a batch written again (retry after a lost COMMIT answer) adds no row", async () => {
     const topic = topics("gw-dead-retry").device(9, "readings");
     const payload = Buffer.from(POISON.replace('"device":7', '"device":9'));
