@@ -163,10 +163,15 @@ export async function mosquittoAvailable(): Promise<boolean> {
  * A TCP relay in front of a broker, so that a test can take "the broker" away and bring it back on
  * the same port without touching the broker itself (Mosquitto on this machine must not be
  * reconfigured). `cut()` closes the listener and every relayed connection; `restore()` listens again.
+ * `hold()` keeps what clients send from here on (the broker hears nothing more: no PUBLISH arrives,
+ * no PUBACK comes back); `discard()` drops those bytes with the connections.
  */
 export class BrokerLink {
   private server: net.Server | undefined;
   private readonly sockets = new Set<net.Socket>();
+  private holding = false;
+  /** What clients sent while held, in order. */
+  readonly held: Buffer[] = [];
   port = 0;
 
   constructor(private readonly target: { host: string; port: number }) {}
@@ -186,7 +191,11 @@ export class BrokerLink {
           upstream.destroy();
         });
       }
-      client.pipe(upstream);
+      client.on("data", (d: Buffer) => {
+        if (this.holding) this.held.push(d);
+        else upstream.write(d);
+      });
+      client.on("end", () => upstream.end());
       upstream.pipe(client);
     });
     await new Promise<void>((resolve, reject) => {
@@ -195,6 +204,16 @@ export class BrokerLink {
     });
     this.port = (server.address() as net.AddressInfo).port;
     this.server = server;
+  }
+
+  hold(): void {
+    this.holding = true;
+  }
+
+  /** Drops the held bytes' connections; new connections are relayed normally. */
+  discard(): void {
+    this.holding = false;
+    for (const s of this.sockets) s.destroy();
   }
 
   async cut(): Promise<void> {

@@ -4,78 +4,16 @@
 // held bytes are thrown away (they never reach the broker) and the gateway is started again with the
 // same data dir: every reading it had handed to MQTT arrives, marked historical (the write-ahead
 // journal in the disk buffer). Loopback only: the relay, the broker and the simulator are local.
-import net from "node:net";
 import path from "node:path";
 import { afterAll, expect, it } from "vitest";
 import { type Simulator, startSimulator } from "../../../simulator/index.ts";
 import { GatewayProcess, readingKey, readingsIn, writeGatewayConfig } from "../../faults/gateway-process.ts";
-import { hostPort, Recorder, startTestBroker, tempDir, uniqueBase } from "./helpers.ts";
+import { BrokerLink, hostPort, Recorder, startTestBroker, tempDir, uniqueBase } from "./helpers.ts";
 
 const closers: (() => Promise<unknown> | undefined)[] = [];
 afterAll(async () => {
   for (const c of closers.reverse()) await Promise.resolve(c()).catch(() => undefined);
 });
-
-/**
- * A relay that can hold everything the client sends (the broker then hears nothing: no PUBLISH
- * arrives, no PUBACK comes back) and later throw it away with the connections.
- */
-class HoldingRelay {
-  private server: net.Server | undefined;
-  private readonly sockets = new Set<net.Socket>();
-  private holding = false;
-  readonly held: Buffer[] = [];
-  port = 0;
-
-  constructor(private readonly target: { host: string; port: number }) {}
-
-  get url(): string {
-    return `mqtt://127.0.0.1:${this.port}`;
-  }
-
-  async listen(): Promise<void> {
-    const server = net.createServer((client) => {
-      const upstream = net.connect(this.target.port, this.target.host);
-      for (const s of [client, upstream]) {
-        this.sockets.add(s);
-        s.on("close", () => this.sockets.delete(s));
-        s.on("error", () => {
-          client.destroy();
-          upstream.destroy();
-        });
-      }
-      client.on("data", (d: Buffer) => {
-        if (this.holding) this.held.push(d);
-        else upstream.write(d);
-      });
-      client.on("end", () => upstream.end());
-      upstream.pipe(client);
-    });
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(0, "127.0.0.1", () => resolve());
-    });
-    this.port = (server.address() as net.AddressInfo).port;
-    this.server = server;
-  }
-
-  hold(): void {
-    this.holding = true;
-  }
-
-  /** Drops the held bytes' connections; new connections are relayed normally. */
-  discard(): void {
-    this.holding = false;
-    for (const s of this.sockets) s.destroy();
-  }
-
-  async close(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
-    const server = this.server;
-    this.server = undefined;
-    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
-  }
-}
 
 /** PUBLISH packets (topic, payload) in a client→broker MQTT 3.1.1 byte stream; a cut-off tail is ignored. */
 function publishesIn(stream: Buffer): { topic: string; payload: string }[] {
@@ -123,9 +61,9 @@ it("SIGKILL with readings published but not acknowledged: the next start deliver
   closers.push(() => sim.close());
   const broker = await startTestBroker();
   closers.push(() => broker.close());
-  const relay = new HoldingRelay(hostPort(broker.url));
-  await relay.listen();
-  closers.push(() => relay.close());
+  const relay = new BrokerLink(hostPort(broker.url));
+  await relay.restore();
+  closers.push(() => relay.cut());
   const base = uniqueBase("wal");
   const rec = await Recorder.connect(broker.url, `${base}/gw1/+/readings`);
   closers.push(() => rec.close());
