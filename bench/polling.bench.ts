@@ -75,7 +75,10 @@ async function ours(): Promise<{ rate: number; overruns: number; errors: number 
     port: 0,
     broadcast: "",
     cov: false,
-    pollIntervalS: 0.1,
+    // The engine's shortest interval: 1000 devices × 50 points at 0.1 s cap the scheduler at
+    // 500k values/s, which it reaches; at 0.05 s the cap (1M) is above what the machine can do,
+    // so schedules stretch and the figure is throughput, not the schedule.
+    pollIntervalS: 0.05,
     globalInFlight: IN_FLIGHT,
     perDeviceInFlight: 4,
   });
@@ -195,6 +198,6 @@ emit({
   met: (_v, ratio) => ratio >= 0.8,
   paired: true,
   saturated: "CPU: 2 cores shared by the client under test and 2 simulator processes",
-  notes: `${DEVICES} devices; ratio = median of per-run ratios (order alternates per run); scheduler interval 0.1 s so every schedule stretches (overruns reported: ${overruns}); engine read errors: ${errors}; values counted only when read without error`,
+  notes: `${DEVICES} devices; ratio = median of per-run ratios (order alternates per run); scheduler interval 0.05 s (the engine's minimum) so schedules stretch (overruns reported: ${overruns}); engine read errors: ${errors}; values counted only when read without error`,
 });
 process.exit(0);
