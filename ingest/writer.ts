@@ -125,11 +125,110 @@ const MERGE_ROLLUPS = `WITH ${mergeRollup("readings_hourly", 1)}, ${mergeRollup(
 
 const COPY_READINGS =
   "COPY readings (time, point_id, value, value_text, status_flags, quality, historical) FROM STDIN";
+const COPY_READINGS_BINARY = `${COPY_READINGS} (FORMAT binary)`;
 
 /** A COPY met a row already stored: the transaction is aborted and written again without COPY. */
 class CopyConflict extends Error {
   constructor(override readonly cause: Error) {
     super(`COPY met stored rows: ${cause.message}`);
+  }
+}
+
+/** The server refused the binary format: the transaction is written again with text COPY. */
+class BinaryCopyRefused extends Error {
+  constructor(override readonly cause: Error) {
+    super(`binary COPY refused: ${cause.message}`);
+  }
+}
+
+/** Microseconds between the Unix epoch and PostgreSQL's (2000-01-01), for binary timestamps. */
+const PG_EPOCH_MICROS = 946_684_800_000_000;
+const TWO_32 = 4_294_967_296;
+const BINARY_SIGNATURE = Buffer.from("PGCOPY\n\xff\r\n\0", "latin1");
+
+/**
+ * Rows in COPY's binary format (a growing buffer). PostgreSQL then parses no text: no timestamp or
+ * float input functions, which are most of its work for a text COPY of readings.
+ */
+class BinaryRows {
+  private buf = Buffer.allocUnsafe(128 * 1024);
+  private at = 0;
+
+  private room(n: number): void {
+    if (this.at + n <= this.buf.length) return;
+    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.at + n));
+    this.buf.copy(next, 0, 0, this.at);
+    this.buf = next;
+  }
+
+  header(): void {
+    this.room(19);
+    BINARY_SIGNATURE.copy(this.buf, this.at);
+    this.buf.writeInt32BE(0, this.at + 11); // flags: no OIDs
+    this.buf.writeInt32BE(0, this.at + 15); // no header extension
+    this.at += 19;
+  }
+
+  fields(n: number): void {
+    this.room(2);
+    this.buf.writeInt16BE(n, this.at);
+    this.at += 2;
+  }
+
+  null(): void {
+    this.room(4);
+    this.buf.writeInt32BE(-1, this.at);
+    this.at += 4;
+  }
+
+  /** A signed 64-bit integer given as a double (exact below 2^53: ids and microseconds are). */
+  int64(v: number): void {
+    this.room(12);
+    this.buf.writeInt32BE(8, this.at);
+    const hi = Math.floor(v / TWO_32);
+    this.buf.writeInt32BE(hi, this.at + 4);
+    this.buf.writeUInt32BE(v - hi * TWO_32, this.at + 8);
+    this.at += 12;
+  }
+
+  float8(v: number): void {
+    this.room(12);
+    this.buf.writeInt32BE(8, this.at);
+    this.buf.writeDoubleBE(v, this.at + 4);
+    this.at += 12;
+  }
+
+  int2(v: number): void {
+    this.room(6);
+    this.buf.writeInt32BE(2, this.at);
+    this.buf.writeInt16BE(v, this.at + 4);
+    this.at += 6;
+  }
+
+  bool(v: boolean): void {
+    this.room(5);
+    this.buf.writeInt32BE(1, this.at);
+    this.buf[this.at + 4] = v ? 1 : 0;
+    this.at += 5;
+  }
+
+  text(v: string): void {
+    const n = Buffer.byteLength(v);
+    this.room(4 + n);
+    this.buf.writeInt32BE(n, this.at);
+    this.buf.write(v, this.at + 4, "utf8");
+    this.at += 4 + n;
+  }
+
+  trailer(): void {
+    this.fields(-1);
+  }
+
+  /** What was written since the last take(), as its own buffer. */
+  take(): Buffer {
+    const out = Buffer.from(this.buf.subarray(0, this.at));
+    this.at = 0;
+    return out;
   }
 }
 
@@ -285,6 +384,8 @@ export class BatchWriter {
   private readonly points = new PointCache();
   private copyAllowed: boolean | undefined;
   private copyCooldown = 0;
+  /** COPY's binary format (cleared if the server refuses it). */
+  private binaryCopy = true;
   /** When each gateway's row was last touched (committed): last_seen is kept to GATEWAY_TOUCH_MS. */
   private readonly gatewaysSeen = new Map<string, number>();
 
@@ -345,6 +446,8 @@ export class BatchWriter {
   }
 
   private async writeTransaction(batch: Envelope[]): Promise<WriteStats> {
+    // At most three tries: binary refused → text; text meets stored rows → INSERT … ON CONFLICT.
+    let conflicted = false;
     for (let attempt = 0; ; attempt++) {
       const learned = new PointCache();
       const touched = new Set<string>();
@@ -355,12 +458,18 @@ export class BatchWriter {
         this.points.merge(learned);
         const now = Date.now();
         for (const g of touched) this.gatewaysSeen.set(g, now);
-        if (attempt > 0) stats.copyFallbacks = (stats.copyFallbacks ?? 0) + 1;
+        if (conflicted) stats.copyFallbacks = (stats.copyFallbacks ?? 0) + 1;
         return stats;
       } catch (err) {
-        if (!(err instanceof CopyConflict) || attempt > 0) throw err;
+        if (err instanceof BinaryCopyRefused && this.binaryCopy && attempt < 2) {
+          this.log.warn({ err: err.cause.message }, "binary COPY refused; using text COPY");
+          this.binaryCopy = false;
+          continue;
+        }
+        if (!(err instanceof CopyConflict) || conflicted) throw err;
         // Rows of this batch are already stored (a replay): the whole transaction is rolled back
         // and written again through INSERT … ON CONFLICT, and so are the next batches for a while.
+        conflicted = true;
         this.copyCooldown = COPY_COOLDOWN_BATCHES + 1;
       }
     }
@@ -789,6 +898,11 @@ export class BatchWriter {
   ): Promise<boolean> {
     const n = c.times.length;
     const seen = new Map<string, Set<number>>();
+    // Binary timestamps are the microseconds computed here; PostgreSQL rounds a finer fraction,
+    // so a batch holding one (rare: JavaScript gives milliseconds) goes as text, where it rounds
+    // exactly as on the INSERT path: a replay must meet the very same stored time.
+    let binary = this.binaryCopy;
+    let lastTs = "";
     for (let i = 0; i < n; i++) {
       const id = c.ids[i] as string;
       const t = c.micros[i] as number;
@@ -799,6 +913,10 @@ export class BatchWriter {
         seen.set(id, times);
       } else if (times.has(t)) return false; // the same (point, time) twice in one batch
       times.add(t);
+      if (binary && c.times[i] !== lastTs) {
+        lastTs = c.times[i] as string;
+        if (/\.\d{7}/.test(lastTs)) binary = false;
+      }
     }
     // Streamed in chunks: PostgreSQL parses one chunk while the next is being written.
     function* text(): Generator<string> {
@@ -814,10 +932,55 @@ export class BatchWriter {
         yield chunk;
       }
     }
+    function* rows(): Generator<Buffer> {
+      const w = new BinaryRows();
+      w.header();
+      let lastId = "";
+      let idNumber = 0;
+      for (let start = 0; start < n; start += COPY_CHUNK_ROWS) {
+        for (let i = start; i < n && i < start + COPY_CHUNK_ROWS; i++) {
+          w.fields(7);
+          w.int64((c.micros[i] as number) - PG_EPOCH_MICROS);
+          if (c.ids[i] !== lastId) {
+            lastId = c.ids[i] as string;
+            idNumber = Number(lastId);
+          }
+          w.int64(idNumber);
+          const v = c.values[i];
+          if (v === null || v === undefined) w.null();
+          else w.float8(v);
+          const text = c.texts[i];
+          if (text === null || text === undefined) w.null();
+          else w.text(text);
+          const f = c.flags[i];
+          if (f === null || f === undefined) w.null();
+          else w.int2(f);
+          const q = c.quality[i];
+          if (q === null || q === undefined) w.null();
+          else w.text(q);
+          w.bool(c.historical[i] === true);
+        }
+        if (start + COPY_CHUNK_ROWS >= n) w.trailer();
+        yield w.take();
+      }
+      if (n === 0) {
+        w.trailer();
+        yield w.take();
+      }
+    }
     try {
-      await pipeline(Readable.from(text(), { objectMode: false }), client.query(copyFrom(COPY_READINGS)));
+      if (binary)
+        await pipeline(
+          Readable.from(rows(), { objectMode: false }),
+          client.query(copyFrom(COPY_READINGS_BINARY)),
+        );
+      else
+        await pipeline(Readable.from(text(), { objectMode: false }), client.query(copyFrom(COPY_READINGS)));
     } catch (err) {
-      if ((err as { code?: string }).code === "23505") throw new CopyConflict(err as Error);
+      const code = (err as { code?: string }).code;
+      if (code === "23505") throw new CopyConflict(err as Error);
+      // A server (or a proxy in front of it) without the binary format: text from now on.
+      if (binary && (code === "0A000" || code === "22P04")) throw new BinaryCopyRefused(err as Error);
       throw err;
     }
     if (this.dialect === "portable") {

@@ -19,6 +19,7 @@ interface Reading {
   value: unknown;
   ts: string;
   quality?: "good" | "uncertain" | "bad";
+  status_flags?: { in_alarm: boolean; fault: boolean; overridden: boolean; out_of_service: boolean };
 }
 
 function envelope(device: number, readings: Reading[], historical = false): Envelope {
@@ -173,5 +174,45 @@ describe("ingest writer COPY path (PostgreSQL, portable)", () => {
        WHERE p.device_instance = 3 AND p.point = 'analog_value_9'`,
     );
     expect(agg.rows).toEqual([{ first: 7, last: 6, count: "3" }]);
+  });
+
+  it("stores in binary exactly what the INSERT path stores: flags, historical, booleans, states, negative values", async () => {
+    const flags = { in_alarm: true, fault: false, overridden: true, out_of_service: false };
+    const at = (m: number) => new Date(START + 3 * 86_400_000 + m * 1000).toISOString();
+    const b = [
+      envelope(4, [
+        { point: "analog_value_1", value: -1234.5678, ts: at(0), status_flags: flags },
+        { point: "analog_value_1", value: 1e-300, ts: at(1), quality: "bad" },
+        { point: "binary_value_1", value: true, ts: at(0) },
+        { point: "multi_state_value_1", value: 3, ts: at(0) },
+        { point: "character_string_value_1", value: "", ts: at(0) },
+      ]),
+      envelope(4, [{ point: "analog_value_2", value: 0, ts: at(0) }], true),
+    ];
+    const c = await both(b);
+    expect(c).toMatchObject({ readingsInserted: 6, readingsCopied: 6 });
+    const q =
+      "SELECT p.point, r.time, r.value, r.value_text, r.status_flags, r.quality, r.historical FROM readings r JOIN points p USING (point_id) WHERE p.device_instance = 4 ORDER BY 1, 2";
+    const copied = (await copyPool.query(q)).rows;
+    expect(copied).toEqual((await insertPool.query(q)).rows);
+    expect(copied.find((r) => r.point === "analog_value_1")).toMatchObject({
+      value: -1234.5678,
+      status_flags: 5,
+    });
+    expect(copied.find((r) => r.point === "analog_value_2")).toMatchObject({ historical: true });
+  });
+
+  it("sends a batch with sub-microsecond times as text, rounded as PostgreSQL rounds, so a replay meets it", async () => {
+    const ts = "2026-03-09T08:00:00.0000015Z"; // 1.5 µs: PostgreSQL rounds to 2 µs
+    const b = [envelope(5, [{ point: "analog_value_1", value: 1, ts }])];
+    const c = await both(b);
+    expect(c).toMatchObject({ readingsInserted: 1, readingsCopied: 1 });
+    const q =
+      "SELECT to_char(r.time AT TIME ZONE 'UTC', 'SS.US') AS t FROM readings r JOIN points p USING (point_id) WHERE p.device_instance = 5";
+    expect((await copyPool.query(q)).rows).toEqual([{ t: "00.000002" }]);
+    expect((await insertPool.query(q)).rows).toEqual([{ t: "00.000002" }]);
+    // The replay (INSERT … ON CONFLICT) finds the stored row: nothing new.
+    const again = await copying.write(b);
+    expect(again).toMatchObject({ readingsReceived: 1, readingsInserted: 0 });
   });
 });
