@@ -130,7 +130,15 @@ describe("two instances of one gateway id (stand-in engine, real broker)", () =>
   it("refuses a second instance while the first is alive; nothing of the second is retained", async () => {
     const e = await env();
     const first = await start(e, [1001]);
-    await e.rec.waitFor((m) => m.some((x) => x.topic === `${e.root}/1001/meta`), "first birth");
+    // The first's start is over once its birth (meta, then health) and its first scan are out:
+    // anything published later would be counted as the second's.
+    await e.rec.waitFor(
+      (m) =>
+        m.some((x) => x.topic === `${e.root}/1001/meta`) &&
+        m.some((x) => x.topic === `${e.root}/bridge/health`) &&
+        m.some((x) => x.topic === `${e.root}/bridge/event` && x.payload.includes('"scan_finished"')),
+      "first birth and scan",
+    );
     const before = e.rec.messages.length;
     const t = Date.now();
     const err = await start(e, [2001]).then(
