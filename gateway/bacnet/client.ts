@@ -96,7 +96,36 @@ interface Pending {
   timer?: NodeJS.Timeout;
   resolve: (r: { service: number; body: Buffer }) => void;
   reject: (e: Error) => void;
-  seg?: { chunks: Buffer[]; expected: number; windowStart: number; window: number; bytes: number };
+  seg?: Reassembly;
+  /** Whether an answer's body is really the answer to this request (see RequestOptions.accept). */
+  accept?: (body: Buffer) => boolean;
+}
+
+export interface RequestOptions {
+  label?: string;
+  timeoutMs?: number;
+  retries?: number;
+  maxApdu?: number;
+  /**
+   * Whether a Complex-ACK body answers this request (the object and property it names). One that
+   * does not is not taken: a late copy of an earlier answer that reused this invoke id (a
+   * duplicating network, a device that answers twice) is counted as unmatched and the request
+   * goes on waiting for its own answer, instead of failing on someone else's.
+   */
+  accept?: (body: Buffer) => boolean;
+}
+
+interface Reassembly {
+  chunks: Buffer[];
+  /** Index of the next segment wanted in order. */
+  expected: number;
+  windowStart: number;
+  window: number;
+  bytes: number;
+  /** Segments that arrived ahead of `expected` (reordered), by sequence number: used when the gap fills. */
+  early: Map<number, { body: Buffer; more: boolean }>;
+  /** `expected` when a negative ACK was last sent: one NAK per gap, not one per early segment. */
+  nakFor: number;
 }
 
 interface IdSpace {
@@ -396,7 +425,7 @@ export class BacnetClient extends EventEmitter {
     dest: Destination,
     service: number,
     body: Buffer,
-    options: { label?: string; timeoutMs?: number; retries?: number; maxApdu?: number } = {},
+    options: RequestOptions = {},
   ): Promise<{ service: number; body: Buffer }> {
     if (this.closed) throw new BacnetError(GW_ERR.STOPPED, "BACnet endpoint stopped", "local");
     const key = peerKey(dest.ip, dest.port, dest.network, dest.mac);
@@ -431,7 +460,7 @@ export class BacnetClient extends EventEmitter {
     dest: Destination,
     service: number,
     body: Buffer,
-    options: { label?: string; timeoutMs?: number; retries?: number; maxApdu?: number },
+    options: RequestOptions,
   ): Promise<{ service: number; body: Buffer }> {
     this.counters.requests++;
     // One allocation for the whole datagram, written in place: this is the hot path of polling.
@@ -460,6 +489,7 @@ export class BacnetClient extends EventEmitter {
         attempts: 0,
         maxAttempts: 1 + (options.retries ?? this.opts.retries),
         timeoutMs: options.timeoutMs ?? this.opts.apduTimeoutMs,
+        ...(options.accept ? { accept: options.accept } : {}),
         resolve: (r) => {
           this.finish(p, false);
           resolve(r);
@@ -576,6 +606,7 @@ export class BacnetClient extends EventEmitter {
       case Pdu.COMPLEX_ACK:
         if (apdu.service !== p.service) return void this.counters.lateOrUnmatched++;
         if (!apdu.segmented) {
+          if (p.accept && !p.accept(apdu.body)) return void this.counters.lateOrUnmatched++;
           // No copy: every datagram from dgram has its own memory, nothing reuses it after us.
           p.resolve({ service: apdu.service, body: apdu.body });
           return;
@@ -604,32 +635,63 @@ export class BacnetClient extends EventEmitter {
     const window = Math.max(1, Math.min(proposedWindow || 1, MAX_SEGMENT_WINDOW));
     if (!p.seg) {
       if (seq !== 0) return; // a stray segment of an older attempt
-      p.seg = { chunks: [], expected: 0, windowStart: 0, window, bytes: 0 };
+      p.seg = { chunks: [], expected: 0, windowStart: 0, window, bytes: 0, early: new Map(), nakFor: -1 };
     }
     const s = p.seg;
-    if (seq !== (s.expected & 0xff)) {
-      // Duplicate or gap: tell the server the last segment we hold so it resends from there.
-      this.sendApdu(p.dest, segmentAck(p.invokeId, (s.expected - 1) & 0xff, s.window, true), false);
-      this.arm(p);
+    const ahead = (seq - s.expected) & 0xff;
+    if (ahead !== 0) {
+      if (ahead < s.window) {
+        // Reordered on the way (a congested or multi-path network): kept for when the gap fills.
+        // A server resends only after a negative ACK or its own segment timeout, which outlasts
+        // our APDU timeout on many devices; dropping these meant a reordering network broke
+        // every segmented answer. One NAK per gap asks for the missing one.
+        if (!s.early.has(seq)) s.early.set(seq, { body: Buffer.from(body), more });
+        if (s.nakFor !== s.expected) {
+          s.nakFor = s.expected;
+          this.sendApdu(p.dest, segmentAck(p.invokeId, (s.expected - 1) & 0xff, s.window, true), false);
+        }
+        this.arm(p);
+      }
+      // Behind `expected`: a duplicate (a late copy, or a resend of what we hold): nothing to do.
       return;
     }
-    s.chunks.push(Buffer.from(body));
-    s.bytes += body.length;
-    if (s.bytes > MAX_REASSEMBLY_BYTES) {
-      p.reject(
-        new BacnetError(GW_ERR.BUFFER_OVERFLOW, `segmented reply to ${p.label} is too large`, "local"),
-      );
-      return;
+    // In order: take it and every early segment that now follows without a gap.
+    let chunk: { body: Buffer; more: boolean } | undefined = { body: Buffer.from(body), more };
+    let ackAt = -1;
+    let last = false;
+    while (chunk) {
+      s.chunks.push(chunk.body);
+      s.bytes += chunk.body.length;
+      if (s.bytes > MAX_REASSEMBLY_BYTES) {
+        p.reject(
+          new BacnetError(GW_ERR.BUFFER_OVERFLOW, `segmented reply to ${p.label} is too large`, "local"),
+        );
+        return;
+      }
+      const pos = s.expected;
+      s.expected++;
+      if (!chunk.more || pos === 0 || pos - s.windowStart + 1 >= s.window) {
+        ackAt = pos;
+        s.windowStart = pos + 1;
+      }
+      if (!chunk.more) {
+        last = true;
+        break;
+      }
+      chunk = s.early.get(s.expected & 0xff);
+      s.early.delete(s.expected & 0xff);
     }
-    const pos = s.expected;
-    s.expected++;
-    const endOfWindow = pos === 0 || pos - s.windowStart + 1 >= s.window;
-    if (!more || endOfWindow) {
-      this.sendApdu(p.dest, segmentAck(p.invokeId, pos & 0xff, s.window, false), false);
-      s.windowStart = pos + 1;
-    }
-    if (!more) {
-      p.resolve({ service: p.service, body: Buffer.concat(s.chunks) });
+    if (ackAt >= 0) this.sendApdu(p.dest, segmentAck(p.invokeId, ackAt & 0xff, s.window, false), false);
+    if (last) {
+      const whole = Buffer.concat(s.chunks);
+      if (p.accept && !p.accept(whole)) {
+        // A whole late transfer of another request's answer: forget it, keep waiting for ours.
+        this.counters.lateOrUnmatched++;
+        p.seg = undefined;
+        this.arm(p);
+        return;
+      }
+      p.resolve({ service: p.service, body: whole });
       return;
     }
     this.arm(p); // segment timeout restarts with every segment

@@ -655,6 +655,24 @@ let propIndex = 0;
 let propValues: DecodedValue[] = [];
 let propError: { errorClass: number; errorCode: number } | undefined;
 
+/**
+ * The object identifier an RP-ACK or RPM-ACK body starts with (context tag 0, length 4), as
+ * type × 2^22 + instance, or −1: enough to tell whose answer a body is without decoding it.
+ */
+export function ackObjectId(b: Buffer): number {
+  if (b.length < 5 || b[0] !== 0x0c) return -1;
+  return b.readUInt32BE(1);
+}
+
+/** The property identifier of an RP-ACK body (context tag 1 after the object), or −1. */
+export function rpAckPropertyId(b: Buffer): number {
+  if (b.length < 7 || b[0] !== 0x0c) return -1;
+  const tag = b[5] as number;
+  const n = tag & 0x07;
+  if ((tag & 0xf8) !== 0x18 || n < 1 || n > 4 || b.length < 6 + n) return -1;
+  return b.readUIntBE(6, n);
+}
+
 /** Object identifier (context tag 0, length 4) and opening tag 1 at `o`, or −1. */
 function objectStart(b: Buffer, o: number): number {
   if (o + 6 > b.length || b[o] !== 0x0c || b[o + 5] !== 0x1e) return -1;

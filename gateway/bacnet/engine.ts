@@ -16,6 +16,7 @@ import {
 import { BacnetClient, type CovEvent, type IAmEvent } from "./client.ts";
 import {
   ARRAY_ALL,
+  ackObjectId,
   type DecodedValue,
   type Destination,
   decodeReadPropertyAck,
@@ -30,6 +31,7 @@ import {
   type PropertyOutcome,
   type PropertyRef,
   parseHostPort,
+  rpAckPropertyId,
   Service,
 } from "./codec.ts";
 import { BacnetError, bacnetErrorFrom, codeOf, GW_ERR, unreached } from "./errors.ts";
@@ -144,7 +146,22 @@ interface PollPlan {
   objs: { point: string; object: ObjectRef }[];
   specs: Spec[];
   /** RPM batches: consecutive runs of `specs` starting at `first`, with their encoded request. */
-  batches: { first: number; specs: Spec[]; body: Buffer; label: string }[];
+  batches: { first: number; specs: Spec[]; body: Buffer; label: string; accept: (body: Buffer) => boolean }[];
+}
+
+/**
+ * Whether an RPM-ACK body answers a request for these objects: its first object is one of them
+ * (devices may answer in another order). Another request's late answer under the same invoke id
+ * names other objects and is not taken (BacnetClient keeps waiting for the right one).
+ */
+function rpmAccept(specs: readonly { object: ObjectRef }[]): (body: Buffer) => boolean {
+  const oids = new Set(specs.map((s) => s.object.type * 0x400000 + s.object.instance));
+  // Device 4194303 means "the device you are": it answers with its own instance.
+  const anyDevice = specs.some((s) => s.object.type === 8 && s.object.instance === 0x3fffff);
+  return (body) => {
+    const oid = ackObjectId(body);
+    return oids.has(oid) || (anyDevice && oid >>> 22 === 8);
+  };
 }
 
 /** What a poll asks of every point (shared: nothing mutates a spec's property list). */
@@ -499,12 +516,18 @@ export class Engine extends EventEmitter implements BacnetEngine {
     prop: PropertyRef,
     opts: { retries?: number } = {},
   ): Promise<DecodedValue[]> {
+    const oid = object.type * 0x400000 + object.instance;
+    const anyDevice = object.type === 8 && object.instance === 0x3fffff;
     const r = await this.c().request(k.dest, Service.READ_PROPERTY, encodeReadProperty(object, prop), {
       label: `ReadProperty ${objectTypeName(object.type)}:${object.instance} ${prop.id} @${k.device.deviceInstance}`,
       retries: opts.retries,
+      // Another request's answer under this invoke id (a late duplicate) is not taken: keep waiting.
+      accept: (body) =>
+        (anyDevice ? ackObjectId(body) >>> 22 === 8 : ackObjectId(body) === oid) &&
+        rpAckPropertyId(body) === prop.id,
     });
     const ack = decodeReadPropertyAck(r.body);
-    // A reply for another object/property is not ours (a confused device, or a late duplicate).
+    // A reply for another object/property is not ours (a confused device).
     if (
       ack.object.type !== object.type ||
       ack.object.instance !== object.instance ||
@@ -572,6 +595,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
         encodeReadPropertyMultiple(batch),
         {
           label: `ReadPropertyMultiple (${batch.length} objects) @${k.device.deviceInstance}`,
+          accept: rpmAccept(batch),
         },
       );
       const results = decodeReadPropertyMultipleAck(r.body);
@@ -876,6 +900,7 @@ export class Engine extends EventEmitter implements BacnetEngine {
         specs: b,
         body: encodeReadPropertyMultiple(b),
         label: `ReadPropertyMultiple (${b.length} objects) @${k.device.deviceInstance}`,
+        accept: rpmAccept(b),
       };
       first += b.length;
       return batch;
@@ -964,7 +989,10 @@ export class Engine extends EventEmitter implements BacnetEngine {
     if (k.rpm === false) return;
     let byKey: Map<string, PropResult>;
     try {
-      const r = await this.c().request(k.dest, Service.READ_PROPERTY_MULTIPLE, b.body, { label: b.label });
+      const r = await this.c().request(k.dest, Service.READ_PROPERTY_MULTIPLE, b.body, {
+        label: b.label,
+        accept: b.accept,
+      });
       const from = 2 * b.first;
       // Outcomes go into the result slots as they are; the loop below turns their errors into ours.
       if (decodeRpmAckInOrder(r.body, b.specs, res as (PropertyOutcome | undefined)[], from)) {
