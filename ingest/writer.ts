@@ -599,7 +599,9 @@ export class BatchWriter {
       >();
       for (const e of dead) {
         const payload = payloadText(e.payload);
-        const error = e.op.kind === "dead_letter" ? e.op.error : "";
+        // An error text may quote the payload (JSON.parse does), NUL included, which a PostgreSQL
+        // text column refuses: the whole batch then failed and was written message by message.
+        const error = (e.op.kind === "dead_letter" ? e.op.error : "").replaceAll("\u0000", "\\u0000");
         const k = `${e.topic}\u0000${payload}\u0000${error}`;
         const row = rows.get(k);
         if (!row)

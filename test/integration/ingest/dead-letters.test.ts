@@ -165,4 +165,25 @@ describe("dead letters", () => {
     const n = await count(pool, "SELECT count(*) AS n FROM dead_letters WHERE topic LIKE '%gw-dead-apart%'");
     expect(n).toBe(5);
   });
+
+  it("stores an error text that quotes a NUL byte in the same batch, without the one-by-one fallback", async () => {
+    const topic = topics("gw-dead-nul").device(3, "readings");
+    const payload = Buffer.from('{"device":\u0000}');
+    const op = classify(topic, payload, "bacmqtt");
+    expect(op.kind === "dead_letter" && op.error.includes("\u0000")).toBe(true);
+    const warned: string[] = [];
+    const log = createLogger("test");
+    const spy = Object.assign(Object.create(log), {
+      warn: (_o: unknown, msg: string) => warned.push(msg),
+    }) as typeof log;
+    const writer = new BatchWriter(pool, "portable", spy);
+    const s = await writer.write([{ topic, payload, op, receivedAt: new Date() }]);
+    expect(s.deadLetters).toBe(1);
+    expect(warned).toEqual([]);
+    const { rows } = await pool.query<{ error: string }>("SELECT error FROM dead_letters WHERE topic = $1", [
+      topic,
+    ]);
+    expect(rows).toHaveLength(1);
+    expect(rows[0]?.error).toContain("\\u0000");
+  });
 });
