@@ -5,39 +5,17 @@
 // to the gateway but not yet delivered, and what the gateway published after the restart before the
 // ingest had subscribed again, is gone. That loss is measured and reported, not asserted away.
 import { randomBytes } from "node:crypto";
-import { connect } from "node:net";
-import { Redis } from "ioredis";
 import { afterEach, expect, it } from "vitest";
 import { startBroker } from "../../broker/index.ts";
+import { dropRedisKeys, REDIS_URL, redisUp } from "./broker-redis.ts";
 import { eventually, Pipeline, report, sleep } from "./support.ts";
 
-const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379/9";
-const redisUp = await new Promise<boolean>((resolve) => {
-  const u = new URL(REDIS_URL);
-  const s = connect(Number(u.port || 6379), u.hostname);
-  s.once("connect", () => s.end(() => resolve(true)));
-  s.once("error", () => resolve(false));
-});
 const DOWN_S = 5;
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
 });
-
-async function dropKeys(keyPrefix: string): Promise<void> {
-  const r = new Redis(REDIS_URL);
-  try {
-    let cursor = "0";
-    do {
-      const [next, keys] = await r.scan(cursor, "MATCH", `${keyPrefix}*`, "COUNT", 500);
-      cursor = next;
-      if (keys.length) await r.del(...keys);
-    } while (cursor !== "0");
-  } finally {
-    r.disconnect();
-  }
-}
 
 async function restartRun(
   label: string,
@@ -96,7 +74,7 @@ it("in-memory persistence: recovers; the loss is measured and reported", { timeo
 
 it.skipIf(!redisUp)("Redis persistence: loses nothing", { timeout: 120_000 }, async () => {
   const keyPrefix = `bacmqtt-faults-${process.pid}-${randomBytes(4).toString("hex")}:`;
-  cleanups.push(() => dropKeys(keyPrefix));
+  cleanups.push(() => dropRedisKeys(keyPrefix));
   const { t } = await restartRun("brokerredis", 84, { url: REDIS_URL, keyPrefix });
   expect(t.lostSample).toEqual([]);
   expect(t.lost).toBe(0);
@@ -118,7 +96,7 @@ it.skipIf(!redisUp)(
   },
   async () => {
     const keyPrefix = `bacmqtt-faults-${process.pid}-${randomBytes(4).toString("hex")}:`;
-    cleanups.push(() => dropKeys(keyPrefix));
+    cleanups.push(() => dropRedisKeys(keyPrefix));
     const { t } = await restartRun("brokerredisoff", 91, { url: REDIS_URL, keyPrefix }, true);
     expect(t.lostSample).toEqual([]);
     expect(t.lost).toBe(0);
