@@ -106,6 +106,18 @@ export function renderTable(rows: BenchRow[], failures: string[], machine: strin
       `| ${esc(r.benchmark)} | ${esc(r.row)} | ${fmt(r.value)} ${esc(r.unit)} | ${fmt(r.min)}–${fmt(r.max)} | ${esc(r.baseline) || "—"} | ${fmt(r.baseline_value)} | ${r.ratio === null || r.ratio === undefined ? "—" : `${r.ratio.toFixed(2)}×`} | ${esc(r.target) || "—"} | ${r.met === true ? "yes" : r.met === false ? "**no**" : "—"} | ${esc(r.saturated)} | ${esc(r.notes)} |`,
     );
   }
+  const missed = rows.filter((r) => r.met === false);
+  lines.push(
+    "",
+    "## Rows that miss their target",
+    "",
+    ...(missed.length
+      ? missed.map(
+          (r) =>
+            `- **${r.benchmark}, ${r.row}**: ${fmt(r.value)} ${r.unit}${r.ratio === null || r.ratio === undefined ? "" : ` = ${r.ratio.toFixed(2)}× ${r.baseline ?? "the baseline"}`} against ${r.target}. Saturated: ${r.saturated ?? "—"}. ${r.notes ?? ""}`,
+        )
+      : ["None in this run."]),
+  );
   if (failures.length)
     lines.push("", "## Benchmarks that did not finish", "", ...failures.map((f) => `- ${f}`));
   return `${lines.join("\n")}\n`;

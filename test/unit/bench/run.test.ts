@@ -35,6 +35,10 @@ describe("bench runner", () => {
     expect(md).toContain("**no**");
     expect(md).toContain("- api.bench.ts: exit 1");
     expect(md).toContain("Machine: test machine");
+    // A missed target is listed again below the table, with its figures.
+    expect(md).toContain("## Rows that miss their target");
+    expect(md).toContain("- **ingest, rows | s**: 123,457 readings/s = 0.71× the baseline against ≥ 0.7×.");
+    expect(renderTable([], [], "m")).toContain("None in this run.");
   });
 
   it("reports the error a failed benchmark printed, not Node's trailer", () => {
