@@ -13,6 +13,7 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import { stringify } from "yaml";
 import { type RunningBroker, startBroker } from "../../broker/index.ts";
 import { type Simulator, startSimulator } from "../../simulator/index.ts";
+import { mulberry32 as rng } from "../../simulator/objects.ts"; // deterministic: a failure can be replayed
 import { Recorder, tempDir } from "../integration/gateway/helpers.ts";
 import { report, sleep } from "./support.ts";
 
@@ -51,16 +52,6 @@ afterAll(async () => {
   tmp.remove();
 });
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 function bvll(fn: number, hex: string): Buffer {
   const b = Buffer.concat([Buffer.from([0x81, fn, 0, 0]), Buffer.from(hex, "hex")]);
   b.writeUInt16BE(b.length, 2);

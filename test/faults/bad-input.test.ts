@@ -5,20 +5,11 @@
 import net from "node:net";
 import { afterAll, expect, it } from "vitest";
 import { ENDPOINTS, Topics } from "../../contract/index.ts";
+import { mulberry32 as rng } from "../../simulator/objects.ts"; // deterministic: a failure can be replayed
 import { Recorder } from "../integration/gateway/helpers.ts";
 import { count, publisher } from "../integration/ingest/helpers.ts";
 import { eventually, Pipeline, report } from "./support.ts";
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 function randomBytes(r: () => number, max: number): Buffer {
   const b = Buffer.alloc(1 + Math.floor(r() * max));
   for (let i = 0; i < b.length; i++) b[i] = Math.floor(r() * 256);

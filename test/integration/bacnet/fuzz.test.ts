@@ -5,6 +5,7 @@ import { createSocket, type Socket } from "node:dgram";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { createEngine, type Engine } from "../../../gateway/bacnet/index.ts";
 import { type Simulator, startSimulator } from "../../../simulator/index.ts";
+import { mulberry32 as rng } from "../../../simulator/objects.ts"; // deterministic: a failure can be replayed
 import { waitFor } from "./support/wait.ts";
 
 let engine: Engine;
@@ -32,18 +33,6 @@ afterAll(async () => {
   await sim?.close();
   await new Promise<void>((r) => (fuzzer ? fuzzer.close(() => r()) : r()));
 });
-
-/** Deterministic PRNG so a failure can be replayed. */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function bvll(fn: number, hexNpdu: string): Buffer {
   const body = Buffer.from(hexNpdu, "hex");

@@ -11,18 +11,7 @@ import {
   decodeRpmAckPrimitive,
   Tag,
 } from "../../../gateway/bacnet/codec.ts";
-
-/** Deterministic PRNG (mulberry32) so a failure can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 as rng } from "../../../simulator/objects.ts"; // deterministic: a failure can be replayed
 
 type R = () => number;
 const int = (r: R, n: number) => Math.floor(r() * n);
