@@ -386,6 +386,8 @@ export class BatchWriter {
   private copyCooldown = 0;
   /** COPY's binary format (cleared if the server refuses it). */
   private binaryCopy = true;
+  /** Gateways whose row a transaction of this writer is updating now (until it ends). */
+  private readonly touching = new Set<string>();
   /** When each gateway's row was last touched (committed): last_seen is kept to GATEWAY_TOUCH_MS. */
   private readonly gatewaysSeen = new Map<string, number>();
 
@@ -457,10 +459,14 @@ export class BatchWriter {
         );
         this.points.merge(learned);
         const now = Date.now();
-        for (const g of touched) this.gatewaysSeen.set(g, now);
+        for (const g of touched) {
+          this.gatewaysSeen.set(g, now);
+          this.touching.delete(g);
+        }
         if (conflicted) stats.copyFallbacks = (stats.copyFallbacks ?? 0) + 1;
         return stats;
       } catch (err) {
+        for (const g of touched) this.touching.delete(g);
         if (err instanceof BinaryCopyRefused && this.binaryCopy && attempt < 2) {
           this.log.warn({ err: err.cause.message }, "binary COPY refused; using text COPY");
           this.binaryCopy = false;
@@ -487,12 +493,21 @@ export class BatchWriter {
     for (const env of batch) {
       if (!("gateway" in env.op)) continue;
       const g = env.op.gateway;
-      // Readings-only batches of a known gateway skip the row update for a few seconds.
-      if (env.op.kind === "readings" && now - (this.gatewaysSeen.get(g) ?? -Infinity) < GATEWAY_TOUCH_MS)
+      // Readings-only batches of a known gateway skip the row update for a few seconds, and while
+      // another batch of this writer is touching it: that UPDATE holds the row until its commit,
+      // so a second lane touching it too waited for the first lane's whole batch (measured: the
+      // second batch's COPY started only after the first one committed).
+      if (
+        env.op.kind === "readings" &&
+        (now - (this.gatewaysSeen.get(g) ?? -Infinity) < GATEWAY_TOUCH_MS || this.touching.has(g))
+      )
         continue;
       gateways.add(g);
     }
-    for (const g of gateways) touched.add(g);
+    for (const g of gateways) {
+      touched.add(g);
+      this.touching.add(g);
+    }
     if (gateways.size) {
       await client.query(
         `INSERT INTO gateways (gateway_id, last_seen, updated_at) SELECT g, now(), now() FROM unnest($1::text[]) AS g

@@ -5,8 +5,11 @@
 // the next batch waited for the slowest one. Real broker, real ingest service, real PostgreSQL.
 import pg from "pg";
 import { afterAll, beforeAll, expect, it } from "vitest";
+import { createLogger } from "../../../common/logger.ts";
+import { classify } from "../../../ingest/messages.ts";
 import { migrate } from "../../../ingest/migrate.ts";
 import { IngestService } from "../../../ingest/service.ts";
+import { BatchWriter, type Envelope } from "../../../ingest/writer.ts";
 import { createPostgresDatabase, type TestDatabase } from "../../support/db-postgres.ts";
 import { broker, count, eventually, publisher, publishReadings, topics } from "./helpers.ts";
 
@@ -96,4 +99,55 @@ it("keeps writing on the free lane while one batch is blocked, and acknowledges 
   closers.push(() => again.stop());
   await new Promise((r) => setTimeout(r, 500));
   expect((await again.metrics.readingsReceived.get()).values[0]?.value ?? 0).toBe(0);
+});
+
+it("a second lane does not wait for the first one's gateway row: one touch per gateway at a time", async () => {
+  const g = topics("gw-lanes-touch");
+  const env = (device: number, value: number, s: number): Envelope => {
+    const topic = g.device(device, "readings");
+    const ts = new Date(Date.UTC(2026, 10, 3, 10, 0, s)).toISOString();
+    const payload = Buffer.from(
+      JSON.stringify({ device, source: "poll", readings: [{ point: "analog_value_1", value, ts }] }),
+    );
+    return { topic, payload, op: classify(topic, payload, "bacmqtt"), receivedAt: new Date() };
+  };
+  const log = createLogger("test");
+  // The gateway, devices, points and rollup rows exist (an ingest ran before).
+  await new BatchWriter(pool, "portable", log).write([env(1, 1, 0), env(2, 1, 0)]);
+  // A fresh writer (a restarted ingest): its first batches touch the gateway row.
+  const writer = new BatchWriter(pool, "portable", log);
+  const locker = await pool.connect();
+  try {
+    await locker.query("BEGIN");
+    await locker.query(
+      `SELECT 1 FROM readings_hourly_state s JOIN points p USING (point_id)
+       WHERE p.gateway_id = $1 AND p.device_instance = 1 FOR UPDATE`,
+      [g.gateway],
+    );
+    // Lane 1 touches the gateway row, then blocks at its rollup merge (held by the locker).
+    const first = writer.write([env(1, 2, 1)]);
+    let firstDone = false;
+    void first.then(() => {
+      firstDone = true;
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    // Lane 2, same gateway: before, its touch waited for lane 1's commit (the row lock).
+    let timer: NodeJS.Timeout | undefined;
+    const second = await Promise.race([
+      writer.write([env(2, 2, 1)]).then((s) => s.readingsInserted),
+      new Promise<string>((resolve) => {
+        timer = setTimeout(() => resolve("blocked behind lane 1"), 5000);
+      }),
+    ]);
+    clearTimeout(timer);
+    expect({ second, firstDone }).toEqual({ second: 1, firstDone: false });
+  } finally {
+    await locker.query("ROLLBACK");
+    locker.release();
+  }
+  const gw = await pool.query<{ n: string }>(
+    "SELECT count(*) AS n FROM gateways WHERE gateway_id = $1 AND last_seen > now() - interval '1 minute'",
+    [g.gateway],
+  );
+  expect(gw.rows[0]?.n).toBe("1");
 });
