@@ -4,15 +4,14 @@
 // says how often it came. To the ingest a redelivery is the same topic and payload again, so the
 // broker path publishes the very same message twice. Real broker, real ingest, real PostgreSQL.
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { createLogger } from "../../../common/logger.ts";
 import { classify } from "../../../ingest/messages.ts";
-import { migrate } from "../../../ingest/migrate.ts";
 import { IngestService } from "../../../ingest/service.ts";
 import { BatchWriter, type Envelope } from "../../../ingest/writer.ts";
-import { createPostgresDatabase, type TestDatabase } from "../../support/db-postgres.ts";
-import { broker, count, eventually, publisher, topics } from "./helpers.ts";
+import { broker, count, eventually, migratedDatabase, publisher, topics } from "./helpers.ts";
 
+const tdb = migratedDatabase("bacmqtt_deadletters", 2);
 const t = topics("gw-dead");
 const POISON = JSON.stringify({
   device: 7,
@@ -21,20 +20,8 @@ const POISON = JSON.stringify({
 });
 const OTHER = '{"device":7,"source":"poll","readings":"x"}';
 
-let db: TestDatabase;
-let pool: pg.Pool;
-beforeAll(async () => {
-  db = await createPostgresDatabase("bacmqtt_deadletters");
-  pool = new pg.Pool({ connectionString: db.url, max: 2 });
-  await migrate(pool, { dialect: "portable" });
-});
-afterAll(async () => {
-  await pool?.end();
-  await db?.drop();
-});
-
 async function rowsFor(topic: string) {
-  const { rows } = await pool.query<{ payload: string; deliveries: number }>(
+  const { rows } = await tdb.pool.query<{ payload: string; deliveries: number }>(
     "SELECT payload, deliveries FROM dead_letters WHERE topic = $1 ORDER BY id",
     [topic],
   );
@@ -44,7 +31,7 @@ async function rowsFor(topic: string) {
 describe("dead letters", () => {
   it("a poison message delivered again through the broker stays one row; deliveries counts it", async () => {
     const mq = await broker();
-    const ingestPool = new pg.Pool({ connectionString: db.url, max: 2 });
+    const ingestPool = new pg.Pool({ connectionString: tdb.db.url, max: 2 });
     const ingest = new IngestService({
       mqttUrl: mq.url,
       pool: ingestPool,
@@ -72,7 +59,7 @@ describe("dead letters", () => {
         { qos: 1 },
       );
       await eventually(
-        async () => (await count(pool, "SELECT count(*) AS n FROM readings WHERE time = $1", [ts])) === 1,
+        async () => (await count(tdb.pool, "SELECT count(*) AS n FROM readings WHERE time = $1", [ts])) === 1,
         "the sentinel reading",
       );
       expect(await rowsFor(topic)).toEqual([
@@ -93,7 +80,7 @@ describe("dead letters", () => {
     const pools: pg.Pool[] = [];
     const ingests: IngestService[] = [];
     const start = async (dropAcks: boolean) => {
-      const ingestPool = new pg.Pool({ connectionString: db.url, max: 2 });
+      const ingestPool = new pg.Pool({ connectionString: tdb.db.url, max: 2 });
       pools.push(ingestPool);
       const ingest = new IngestService({
         mqttUrl: mq.url,
@@ -137,10 +124,10 @@ describe("dead letters", () => {
     expect(op.kind).toBe("dead_letter");
     const first = new Date("2026-03-01T10:00:00Z");
     const env = (receivedAt: Date): Envelope => ({ topic, payload, op, receivedAt });
-    const writer = new BatchWriter(pool, "portable", createLogger("test"));
+    const writer = new BatchWriter(tdb.pool, "portable", createLogger("test"));
     await writer.write([env(first), env(new Date(first.getTime() + 1000))]);
     await writer.write([env(first), env(new Date(first.getTime() + 1000))]);
-    const { rows } = await pool.query(
+    const { rows } = await tdb.pool.query(
       "SELECT received_at, last_received_at, deliveries FROM dead_letters WHERE topic = $1",
       [topic],
     );
@@ -152,7 +139,7 @@ describe("dead letters", () => {
   it("keeps messages that differ in topic, payload or reason apart", async () => {
     const a = topics("gw-dead-apart").device(1, "readings");
     const b = topics("gw-dead-apart").device(2, "readings");
-    const writer = new BatchWriter(pool, "portable", createLogger("test"));
+    const writer = new BatchWriter(tdb.pool, "portable", createLogger("test"));
     const env = (topic: string, payload: string, error: string): Envelope => ({
       topic,
       payload: Buffer.from(payload),
@@ -162,7 +149,10 @@ describe("dead letters", () => {
     // "a/b" + "c" and "a" + "/bc" must not meet: the fingerprint is length-prefixed.
     await writer.write([env(a, "x", "e1"), env(b, "x", "e1"), env(a, "y", "e1"), env(a, "x", "e2")]);
     await writer.write([env(`${a}x`, "", "e1"), env(a, "x", "e1")]);
-    const n = await count(pool, "SELECT count(*) AS n FROM dead_letters WHERE topic LIKE '%gw-dead-apart%'");
+    const n = await count(
+      tdb.pool,
+      "SELECT count(*) AS n FROM dead_letters WHERE topic LIKE '%gw-dead-apart%'",
+    );
     expect(n).toBe(5);
   });
 
@@ -176,13 +166,14 @@ describe("dead letters", () => {
     const spy = Object.assign(Object.create(log), {
       warn: (_o: unknown, msg: string) => warned.push(msg),
     }) as typeof log;
-    const writer = new BatchWriter(pool, "portable", spy);
+    const writer = new BatchWriter(tdb.pool, "portable", spy);
     const s = await writer.write([{ topic, payload, op, receivedAt: new Date() }]);
     expect(s.deadLetters).toBe(1);
     expect(warned).toEqual([]);
-    const { rows } = await pool.query<{ error: string }>("SELECT error FROM dead_letters WHERE topic = $1", [
-      topic,
-    ]);
+    const { rows } = await tdb.pool.query<{ error: string }>(
+      "SELECT error FROM dead_letters WHERE topic = $1",
+      [topic],
+    );
     expect(rows).toHaveLength(1);
     expect(rows[0]?.error).toContain("\\u0000");
   });

@@ -1,9 +1,45 @@
 // Shared pieces of the ingest integration suites: a real broker on port 0, an MQTT publisher that
 // speaks for a fake gateway, generators of readings, and the "aggregates from raw rows" queries.
 import mqtt, { type MqttClient } from "mqtt";
-import type pg from "pg";
+import pg from "pg";
+import { afterAll, beforeAll } from "vitest";
 import { type RunningBroker, startBroker } from "../../../broker/index.ts";
 import { Topics } from "../../../contract/index.ts";
+import { migrate } from "../../../ingest/migrate.ts";
+import { createPostgresDatabase, type TestDatabase } from "../../support/db-postgres.ts";
+
+/**
+ * A fresh PostgreSQL database for this file, migrated (portable), with a pool; dropped after the
+ * file. Call at the top level: its afterAll, registered first, runs last (vitest runs after-hooks
+ * as a stack), after the file's own clean-ups.
+ */
+export function migratedDatabase(
+  prefix: string,
+  max = 2,
+): { readonly db: TestDatabase; readonly pool: pg.Pool } {
+  let db: TestDatabase | undefined;
+  let pool: pg.Pool | undefined;
+  beforeAll(async () => {
+    db = await createPostgresDatabase(prefix);
+    pool = new pg.Pool({ connectionString: db.url, max });
+    pool.on("error", () => undefined); // idle connections may be terminated by a fault test
+    await migrate(pool, { dialect: "portable" });
+  });
+  afterAll(async () => {
+    await pool?.end();
+    await db?.drop();
+  });
+  return {
+    get db() {
+      if (!db) throw new Error("migratedDatabase: used before beforeAll");
+      return db;
+    },
+    get pool() {
+      if (!pool) throw new Error("migratedDatabase: used before beforeAll");
+      return pool;
+    },
+  };
+}
 
 export async function broker(extra: Parameters<typeof startBroker>[0] = {}): Promise<RunningBroker> {
   return startBroker({ port: 0, allowAnonymous: true, sysInterval: 0, ...extra });

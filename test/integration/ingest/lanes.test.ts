@@ -4,34 +4,32 @@
 // in arrival order). Before, a committed batch waiting for its turn still counted as a lane, so
 // the next batch waited for the slowest one. Real broker, real ingest service, real PostgreSQL.
 import pg from "pg";
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { afterAll, expect, it } from "vitest";
 import { createLogger } from "../../../common/logger.ts";
 import { classify } from "../../../ingest/messages.ts";
-import { migrate } from "../../../ingest/migrate.ts";
 import { IngestService } from "../../../ingest/service.ts";
 import { BatchWriter, type Envelope } from "../../../ingest/writer.ts";
-import { createPostgresDatabase, type TestDatabase } from "../../support/db-postgres.ts";
-import { broker, count, eventually, publisher, publishReadings, topics } from "./helpers.ts";
+import {
+  broker,
+  count,
+  eventually,
+  migratedDatabase,
+  publisher,
+  publishReadings,
+  topics,
+} from "./helpers.ts";
 
+const tdb = migratedDatabase("bacmqtt_lanes", 4);
 const t = topics("gw-lanes");
-let db: TestDatabase;
-let pool: pg.Pool;
 const closers: (() => Promise<unknown>)[] = [];
 
-beforeAll(async () => {
-  db = await createPostgresDatabase("bacmqtt_lanes");
-  pool = new pg.Pool({ connectionString: db.url, max: 4 });
-  await migrate(pool, { dialect: "portable" });
-});
 afterAll(async () => {
   for (const c of closers.reverse()) await c().catch(() => undefined);
-  await pool?.end();
-  await db?.drop();
 });
 
 const rowsOf = (device: number) =>
   count(
-    pool,
+    tdb.pool,
     "SELECT count(*) AS n FROM readings r JOIN points p USING (point_id) WHERE p.gateway_id = $1 AND p.device_instance = $2",
     [t.gateway, device],
   );
@@ -39,7 +37,7 @@ const rowsOf = (device: number) =>
 it("keeps writing on the free lane while one batch is blocked, and acknowledges in order afterwards", async () => {
   const mq = await broker();
   closers.push(() => mq.close());
-  const ingestPool = new pg.Pool({ connectionString: db.url, max: 2 });
+  const ingestPool = new pg.Pool({ connectionString: tdb.db.url, max: 2 });
   closers.push(() => ingestPool.end());
   const ingest = new IngestService({
     mqttUrl: mq.url,
@@ -64,7 +62,7 @@ it("keeps writing on the free lane while one batch is blocked, and acknowledges 
   await eventually(async () => (await rowsOf(1)) === 1, "first row of device 1");
 
   // Another session holds device 1's rollup row: the next batch of device 1 blocks at its merge.
-  const locker = await pool.connect();
+  const locker = await tdb.pool.connect();
   closers.push(async () => locker.release());
   await locker.query("BEGIN");
   await locker.query(
@@ -113,10 +111,10 @@ it("a second lane does not wait for the first one's gateway row: one touch per g
   };
   const log = createLogger("test");
   // The gateway, devices, points and rollup rows exist (an ingest ran before).
-  await new BatchWriter(pool, "portable", log).write([env(1, 1, 0), env(2, 1, 0)]);
+  await new BatchWriter(tdb.pool, "portable", log).write([env(1, 1, 0), env(2, 1, 0)]);
   // A fresh writer (a restarted ingest): its first batches touch the gateway row.
-  const writer = new BatchWriter(pool, "portable", log);
-  const locker = await pool.connect();
+  const writer = new BatchWriter(tdb.pool, "portable", log);
+  const locker = await tdb.pool.connect();
   try {
     await locker.query("BEGIN");
     await locker.query(
@@ -145,7 +143,7 @@ it("a second lane does not wait for the first one's gateway row: one touch per g
     await locker.query("ROLLBACK");
     locker.release();
   }
-  const gw = await pool.query<{ n: string }>(
+  const gw = await tdb.pool.query<{ n: string }>(
     "SELECT count(*) AS n FROM gateways WHERE gateway_id = $1 AND last_seen > now() - interval '1 minute'",
     [g.gateway],
   );

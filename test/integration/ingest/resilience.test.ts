@@ -7,17 +7,17 @@ import { type AddressInfo, connect, createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import type { MqttClient } from "mqtt";
 import pg from "pg";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { migrate } from "../../../ingest/migrate.ts";
+import { afterEach, describe, expect, it } from "vitest";
 import { MIGRATIONS } from "../../../ingest/migrations/index.ts";
 import { IngestService } from "../../../ingest/service.ts";
-import { createPostgresDatabase, setDatabaseOnline, type TestDatabase } from "../../support/db-postgres.ts";
+import { setDatabaseOnline } from "../../support/db-postgres.ts";
 import {
   aggregates,
   broker,
   chunks,
   count,
   eventually,
+  migratedDatabase,
   publisher,
   publishReadings,
   rawAggregateSql,
@@ -25,6 +25,7 @@ import {
   topics,
 } from "./helpers.ts";
 
+const tdb = migratedDatabase("bacmqtt_resilience", 2);
 const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 const redisUp = await new Promise<boolean>((resolve) => {
   const u = new URL(REDIS_URL);
@@ -35,31 +36,18 @@ const redisUp = await new Promise<boolean>((resolve) => {
 const BIN = fileURLToPath(new URL("../../../bin/bacmqtt.mjs", import.meta.url));
 const t = topics("gw-res");
 
-let db: TestDatabase;
-let pool: pg.Pool;
 const cleanups: (() => Promise<unknown>)[] = [];
 
-beforeAll(async () => {
-  db = await createPostgresDatabase("bacmqtt_resilience");
-  pool = new pg.Pool({ connectionString: db.url, max: 2 });
-  pool.on("error", () => undefined); // idle connections are terminated by the outage test
-  await migrate(pool, { dialect: "portable" });
-});
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
 });
-afterAll(async () => {
-  await pool?.end();
-  await db?.drop();
-});
-
 async function rollupsMatchRaw(): Promise<void> {
   for (const [view, width] of [
     ["readings_hourly", "1 hour"],
     ["readings_daily", "1 day"],
   ] as const) {
-    const expected = await aggregates(pool, rawAggregateSql(width));
-    const actual = await aggregates(pool, `SELECT * FROM ${view} ORDER BY point_id, bucket`);
+    const expected = await aggregates(tdb.pool, rawAggregateSql(width));
+    const actual = await aggregates(tdb.pool, `SELECT * FROM ${view} ORDER BY point_id, bucket`);
     expect(actual, view).toEqual(expected);
   }
 }
@@ -70,7 +58,7 @@ async function sendAll(pub: MqttClient, device: number, readings: ReturnType<typ
 
 async function readingsOf(device: number): Promise<number> {
   return count(
-    pool,
+    tdb.pool,
     "SELECT count(*) AS n FROM readings r JOIN points p USING (point_id) WHERE p.gateway_id = $1 AND p.device_instance = $2",
     [t.gateway, device],
   );
@@ -80,7 +68,7 @@ describe("ingest resilience", () => {
   it("stalls during a database outage and loses nothing", async () => {
     const mq = await broker();
     cleanups.push(() => mq.close());
-    const ingestPool = new pg.Pool({ connectionString: db.url, max: 2 });
+    const ingestPool = new pg.Pool({ connectionString: tdb.db.url, max: 2 });
     ingestPool.on("error", () => undefined);
     cleanups.push(() => ingestPool.end());
     const ingest = new IngestService({
@@ -104,15 +92,15 @@ describe("ingest resilience", () => {
     await sendAll(pub, 3001, first);
     await eventually(async () => (await readingsOf(3001)) > 0, "first rows");
 
-    await setDatabaseOnline(db, false);
-    cleanups.push(() => setDatabaseOnline(db, true));
+    await setDatabaseOnline(tdb.db, false);
+    cleanups.push(() => setDatabaseOnline(tdb.db, true));
     await sendAll(pub, 3001, second);
     await eventually(
       async () => ((await ingest.metrics.retries.get()).values[0]?.value ?? 0) >= 2,
       "retries",
     );
     expect((await ingest.metrics.dbUp.get()).values[0]?.value).toBe(0);
-    await setDatabaseOnline(db, true);
+    await setDatabaseOnline(tdb.db, true);
 
     await eventually(async () => (await readingsOf(3001)) === data.length, "every reading after the outage");
     await ingest.drained();
@@ -129,7 +117,7 @@ describe("ingest resilience", () => {
       "--mqtt-url",
       mq.url,
       "--database-url",
-      db.url,
+      tdb.db.url,
       "--client-id",
       "ingest-kill",
       "--batch-size",
@@ -160,7 +148,8 @@ describe("ingest resilience", () => {
     cleanups.push(() => pub.endAsync());
     // The first session must exist before publishing (it is created by the ingest's SUBSCRIBE).
     await eventually(
-      async () => (await count(pool, "SELECT count(*) AS n FROM schema_migrations")) === MIGRATIONS.length,
+      async () =>
+        (await count(tdb.pool, "SELECT count(*) AS n FROM schema_migrations")) === MIGRATIONS.length,
       "migrated",
     );
     const canary = { point: "analog_value_99", value: 1, ts: "2026-10-05T00:00:00.000Z" };
@@ -226,7 +215,7 @@ describe("ingest resilience", () => {
     cleanups.push(() => mq.close());
     const ingest = new IngestService({
       mqttUrl: mq.url,
-      pool,
+      pool: tdb.pool,
       dialect: "portable",
       clientId: "ingest-broker-restart",
       batchSize: 200,

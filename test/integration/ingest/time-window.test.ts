@@ -1,27 +1,24 @@
 // Readings stamped by a broken clock (years ahead, or 1970) become dead letters with the reason, raw
 // payload kept; readings of the same stream within the window are stored. The real broker, the
 // real ingest service, PostgreSQL; the limits as `bacmqtt ingest --max-future-s/--min-time` set them.
-import pg from "pg";
-import { afterAll, beforeAll, expect, it } from "vitest";
-import { migrate } from "../../../ingest/migrate.ts";
+import { afterAll, expect, it } from "vitest";
 import { IngestService } from "../../../ingest/service.ts";
-import { createPostgresDatabase, type TestDatabase } from "../../support/db-postgres.ts";
-import { broker, count, eventually, publisher, publishReadings, topics } from "./helpers.ts";
+import {
+  broker,
+  count,
+  eventually,
+  migratedDatabase,
+  publisher,
+  publishReadings,
+  topics,
+} from "./helpers.ts";
 
+const tdb = migratedDatabase("bacmqtt_time_window", 4);
 const t = topics("gw-clock");
-let db: TestDatabase;
-let pool: pg.Pool;
 const closers: (() => Promise<unknown>)[] = [];
 
-beforeAll(async () => {
-  db = await createPostgresDatabase("bacmqtt_time_window");
-  pool = new pg.Pool({ connectionString: db.url, max: 4 });
-  await migrate(pool, { dialect: "portable" });
-});
 afterAll(async () => {
   for (const c of closers.reverse()) await c().catch(() => undefined);
-  await pool?.end();
-  await db?.drop();
 });
 
 it("dead-letters readings from a clock far ahead or before the floor, and stores the rest", async () => {
@@ -29,7 +26,7 @@ it("dead-letters readings from a clock far ahead or before the floor, and stores
   closers.push(() => mq.close());
   const ingest = new IngestService({
     mqttUrl: mq.url,
-    pool,
+    pool: tdb.pool,
     dialect: "portable",
     clientId: "ingest-time-window",
     batchWaitMs: 20,
@@ -57,11 +54,11 @@ it("dead-letters readings from a clock far ahead or before the floor, and stores
   ]);
   await eventually(
     async () =>
-      (await count(pool, "SELECT count(*) AS n FROM readings")) === 2 &&
-      (await count(pool, "SELECT count(*) AS n FROM dead_letters")) === 3,
+      (await count(tdb.pool, "SELECT count(*) AS n FROM readings")) === 2 &&
+      (await count(tdb.pool, "SELECT count(*) AS n FROM dead_letters")) === 3,
     "2 rows and 3 dead letters",
   );
-  const { rows } = await pool.query<{ payload: string; error: string }>(
+  const { rows } = await tdb.pool.query<{ payload: string; error: string }>(
     "SELECT payload, error FROM dead_letters ORDER BY id",
   );
   expect(rows.map((r) => r.error)).toEqual([
@@ -73,6 +70,8 @@ it("dead-letters readings from a clock far ahead or before the floor, and stores
   ]);
   // The raw payload is kept: the readings can be replayed once the gateway's clock is fixed.
   expect(JSON.parse(rows[0]?.payload ?? "{}").readings[0].value).toBe(1);
-  const { rows: stored } = await pool.query<{ value: number }>("SELECT value FROM readings ORDER BY value");
+  const { rows: stored } = await tdb.pool.query<{ value: number }>(
+    "SELECT value FROM readings ORDER BY value",
+  );
   expect(stored.map((r) => r.value)).toEqual([4, 5]);
 });
